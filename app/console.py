@@ -1,0 +1,90 @@
+"""The agents' web console. This issue's part: sign in, sign out, the accounts list."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from sqlalchemy import func, or_, select
+from wtforms import EmailField, PasswordField
+from wtforms.validators import DataRequired, Length
+
+from app import agents, audit
+from app.auth import console_agent, login_agent, logout_agent, require_console
+from app.clock import utcnow
+from app.db import db_session
+from app.models import Account
+from app.ratelimit import limiter, login_email_key, login_limit
+
+bp = Blueprint("console", __name__, url_prefix="/console")
+PAGE_SIZE = 25
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: never redirect a fresh login to another host.
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("console.accounts")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(login_limit, methods=["POST"])
+@limiter.limit(login_limit, methods=["POST"], key_func=login_email_key)
+def login() -> Response | str:
+    if request.method == "GET" and console_agent() is not None:
+        return redirect(_safe_next(request.args.get("next")))
+    form = LoginForm()
+    if form.validate_on_submit():
+        session = db_session()
+        agent = agents.authenticate_password(session, form.email.data or "", form.password.data or "")
+        if agent is not None:
+            now = utcnow()
+            agent.last_login_at = now
+            actor = audit.Actor("agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id"))
+            audit.record(session, actor, "agent.logged_in", "agent", agent.id, now)
+            session.commit()
+            login_agent(agent)
+            return redirect(_safe_next(request.args.get("next")))
+        flash("That email and password do not match an active agent.", "error")
+    status = 400 if request.method == "POST" else 200
+    return render_template("console/login.html", form=form), status  # type: ignore[return-value]
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    logout_agent()
+    flash("You are signed out.", "info")
+    return redirect(url_for("console.login"))
+
+
+@bp.get("/")
+@require_console()
+def accounts() -> str:
+    query = request.args.get("q", "").strip()[:100]
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    stmt = select(Account)
+    if query:
+        like = f"%{query.lower()}%"
+        stmt = stmt.where(
+            or_(
+                func.lower(Account.name).like(like),
+                Account.external_id == query,
+                Account.phone.like(f"%{query}%"),
+                func.lower(Account.email) == query.lower(),
+            )
+        )
+    session = db_session()
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(Account.id).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE))
+    return render_template(
+        "console/accounts.html",
+        accounts=list(rows),
+        query=query,
+        page=page,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        total=total,
+    )

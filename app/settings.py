@@ -1,0 +1,172 @@
+"""The organisation's settings: one row, read by every feature, edited by supervisors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app import audit, validation
+from app.models import OrgSettings
+from app.validation import Errors, FieldError
+
+OFFSET_UNITS = {"m": 60, "h": 3600, "d": 86400}
+MAX_REMINDERS = 3
+
+
+def get_settings(session: Session) -> OrgSettings:
+    """The settings row, created with the defaults the first time it is asked for."""
+    settings = session.get(OrgSettings, 1)
+    if settings is None:
+        # Two first requests at once must not both insert: whoever comes second does nothing.
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        session.execute(
+            dialect.insert(OrgSettings).values(id=1, **_defaults()).on_conflict_do_nothing()
+        )
+        settings = session.get(OrgSettings, 1)
+        if settings is None:  # pragma: no cover - the row was just written
+            raise RuntimeError("settings row missing after insert")
+    return settings
+
+
+def _defaults() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for column in OrgSettings.__table__.columns:
+        default = column.default
+        if column.name == "id" or default is None:
+            continue
+        arg = default.arg  # type: ignore[attr-defined]
+        values[column.name] = arg(None) if callable(arg) else arg
+    return values
+
+
+def parse_offset(text: str) -> timedelta:
+    """``"72h"`` → 72 hours; units m, h, d."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*([mhd])\s*", text) if isinstance(text, str) else None
+    if not match:
+        raise FieldError(f"{text!r} is not an offset such as 72h, 30m or 3d")
+    amount = int(match.group(1))
+    if amount == 0:
+        raise FieldError("an offset must be greater than zero")
+    return timedelta(seconds=amount * OFFSET_UNITS[match.group(2)])
+
+
+def reminder_offsets(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise FieldError('must be a list such as ["72h", "24h", "2h"]')
+    if len(value) > MAX_REMINDERS:
+        raise FieldError(f"at most {MAX_REMINDERS} reminders")
+    seen = set()
+    for item in value:
+        delta = parse_offset(item)
+        if delta in seen:
+            raise FieldError("offsets must be different from each other")
+        seen.add(delta)
+    # Earliest reminder (largest offset) first.
+    return sorted((item.strip() for item in value), key=parse_offset, reverse=True)
+
+
+def _clock_time(value: Any) -> int:
+    raw = validation.text(value, max_length=5)
+    match = re.fullmatch(r"([01]\d|2[0-4]):([0-5]\d)", raw)
+    if not match or (match.group(1) == "24" and match.group(2) != "00"):
+        raise FieldError("must be a time as HH:MM")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def _minutes_text(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+VERIFICATION_METHODS = ("ssn_last4", "date_of_birth", "zip")
+
+
+def _verification_methods(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise FieldError(f"must be a non-empty list drawn from {', '.join(VERIFICATION_METHODS)}")
+    if any(item not in VERIFICATION_METHODS for item in value) or len(set(value)) != len(value):
+        raise FieldError(f"must be drawn from {', '.join(VERIFICATION_METHODS)}, each once")
+    return list(value)
+
+
+def _hours(value: Any) -> int:
+    return validation.integer(value, minimum=1, maximum=24 * 90)
+
+
+# JSON field -> (column, checker). Quiet hours are written as "HH:MM".
+FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "contact_verification": ("contact_verification", validation.boolean),
+    "verification_methods": ("verification_methods", _verification_methods),
+    "virtual_collection": ("virtual_collection", validation.boolean),
+    "allow_skip_offer": ("allow_skip_offer", validation.boolean),
+    "schedule_payment": ("schedule_payment", validation.boolean),
+    "reminder_offsets": ("reminder_offsets", reminder_offsets),
+    "link_lifetime_hours": ("link_lifetime_hours", _hours),
+    "offer_lifetime_hours": ("offer_lifetime_hours", _hours),
+    "quiet_hours_start": ("quiet_hours_start_minute", _clock_time),
+    "quiet_hours_end": ("quiet_hours_end_minute", _clock_time),
+    "expiry_notice": ("expiry_notice", validation.boolean),
+    "first_due_horizon_days": (
+        "first_due_horizon_days",
+        lambda v: validation.integer(v, minimum=1, maximum=3650),
+    ),
+    "default_timezone": ("default_timezone", validation.timezone),
+    "creditor_name": ("creditor_name", lambda v: validation.text(v, max_length=200)),
+    "creditor_phone": ("creditor_phone", validation.phone),
+    "creditor_email": ("creditor_email", validation.email),
+    "creditor_address": (
+        "creditor_address",
+        lambda v: validation.text(v, max_length=500, min_length=0),
+    ),
+    "creditor_hours": ("creditor_hours", lambda v: validation.text(v, max_length=200, min_length=0)),
+}
+
+
+def settings_json(settings: OrgSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (column, _check) in FIELDS.items():
+        value = getattr(settings, column)
+        if column.endswith("_minute"):
+            value = _minutes_text(value)
+        out[name] = value
+    out["updated_at"] = settings.updated_at.isoformat().replace("+00:00", "Z")
+    return out
+
+
+def update_settings(
+    session: Session, patch: Mapping[str, Any], actor: audit.Actor, agent_id: int | None, now: datetime
+) -> tuple[OrgSettings, Errors]:
+    """Apply a partial update; nothing changes when any field is invalid. Flushes."""
+    errors = Errors()
+    changes: dict[str, Any] = {}
+    for name, value in patch.items():
+        if name not in FIELDS:
+            errors.add(name, "is not a setting that can be changed")
+            continue
+        column, check = FIELDS[name]
+        try:
+            changes[column] = check(value)
+        except FieldError as exc:
+            errors.add(name, str(exc))
+    settings = get_settings(session)
+    start = changes.get("quiet_hours_start_minute", settings.quiet_hours_start_minute)
+    end = changes.get("quiet_hours_end_minute", settings.quiet_hours_end_minute)
+    if not errors and end <= start:
+        errors.add("quiet_hours_end", "must be later than quiet_hours_start")
+    if errors:
+        return settings, errors
+    before = {c: getattr(settings, c) for c in changes}
+    for column, value in changes.items():
+        setattr(settings, column, value)
+    settings.updated_at = now
+    settings.updated_by_agent_id = agent_id
+    session.flush()
+    audit.record(
+        session, actor, "settings.updated", "settings", 1, now,
+        {"before": before, "after": changes},
+    )  # fmt: skip
+    return settings, errors

@@ -1,0 +1,1 @@
+"""Payment links: signed expiring links and the customer payment flow."""

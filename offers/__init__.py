@@ -1,0 +1,1 @@
+"""Payment-plan offers, plan math, plans and installments."""

@@ -1,0 +1,1 @@
+"""Agreements: rendering, consent, signature capture and the audit trail."""

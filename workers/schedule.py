@@ -1,0 +1,23 @@
+"""The periodic duties: a declarative table the scheduler and ``sweep`` both read.
+
+Each duty is a function ``(now) -> {count name: number}`` run inside an app context. It
+must be safe to run twice for the same instant and concurrently with itself: it derives
+due work from the database and enqueues jobs with deterministic ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Duty:
+    name: str  # also the job id stem: letters, digits, - and _
+    func: str  # dotted path of the duty function
+    every_seconds: int  # the scheduler enqueues it once per slot of this length
+    queue: str = "default"
+    timeout: int = 300
+
+
+# Filled by the features: reminders, expiries, installments, settlement, stuck outbox.
+DUTIES: tuple[Duty, ...] = ()
