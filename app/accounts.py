@@ -69,7 +69,9 @@ def clean_account(
     for name in unknown:
         errors.add(name, "is not a known field")
     present = {
-        k: v for k, v in data.items() if k in FIELDS and v is not None and not (from_text and v == "")
+        k: v
+        for k, v in data.items()
+        if k in FIELDS and v is not None and not (from_text and v == "")
     }
     for name in REQUIRED:
         if name not in present:
@@ -129,7 +131,9 @@ def find_by_ssn(session: Session, ssn: str, *, ssn_key: str) -> list[Account]:
         return []
     return list(
         session.scalars(
-            select(Account).where(Account.ssn_hash == hash_ssn(ssn_key, digits)).order_by(Account.id)
+            select(Account)
+            .where(Account.ssn_hash == hash_ssn(ssn_key, digits))
+            .order_by(Account.id)
         )
     )
 
@@ -162,6 +166,11 @@ class ImportResult:
     created: int = 0
     updated: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        """How many rows were left out (a row may have several errors)."""
+        return len({e["row"] for e in self.errors})
 
     def as_json(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "errors": self.errors}
@@ -261,10 +270,12 @@ def import_csv(
         session.execute(update(Account), rows)
     result.created = len(new_rows)
     result.updated = sum(len(rows) for rows in changed_rows.values())
-    audit.record(
-        session, actor, "accounts.imported", "account", None, now,
-        {"created": result.created, "updated": result.updated, "rejected_rows": len({e["row"] for e in result.errors})},
-    )  # fmt: skip
+    counts = {
+        "created": result.created,
+        "updated": result.updated,
+        "rejected_rows": result.rejected,
+    }
+    audit.record(session, actor, "accounts.imported", "account", None, now, counts)
     return result
 
 

@@ -74,7 +74,9 @@ def issue_api_key(
     )
     session.add(api_key)
     session.flush()
-    audit.record(session, actor, "api_key.created", "api_key", api_key.id, now, {"agent_id": agent.id})
+    audit.record(
+        session, actor, "api_key.created", "api_key", api_key.id, now, {"agent_id": agent.id}
+    )
     return IssuedKey(api_key=api_key, key=new.key)
 
 

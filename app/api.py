@@ -10,11 +10,11 @@ from sqlalchemy.exc import IntegrityError
 
 from app import accounts, agents
 from app import settings as org_settings
+from app.auth import require_api
 from app.clock import isoformat, utcnow
 from app.db import db_session
 from app.errors import ApiError, Conflict, NotFound, ValidationFailed
 from app.models import Account, Agent, ApiKey, Role
-from app.auth import require_api
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PAGE_SIZE = 50
@@ -33,7 +33,7 @@ def json_body() -> dict[str, Any]:
     return data
 
 
-def config():  # noqa: ANN201 - the app's Config
+def config():
     return current_app.extensions["paylink.config"]
 
 
@@ -116,7 +116,9 @@ def import_accounts() -> Response:
         session.commit()
     except accounts.BadCsv as exc:
         session.rollback()
-        raise ValidationFailed({"file": [str(exc)]}, detail="The CSV file cannot be imported.") from None
+        raise ValidationFailed(
+            {"file": [str(exc)]}, detail="The CSV file cannot be imported."
+        ) from None
     except IntegrityError:
         session.rollback()
         raise Conflict("Another import changed the same accounts; send the file again.") from None
@@ -203,7 +205,13 @@ def create_agent() -> tuple[Response, int]:
     session = db_session()
     try:
         agent = agents.create_agent(
-            session, email, Role(role), password, g.actor, utcnow(), name=str(data.get("name", ""))[:200]
+            session,
+            email,
+            Role(role),
+            password,
+            g.actor,
+            utcnow(),
+            name=str(data.get("name", ""))[:200],
         )
     except agents.AgentExists:
         raise Conflict("An agent with that email already exists.") from None
@@ -239,7 +247,9 @@ def create_api_key() -> tuple[Response, int]:
     agent = session.get(Agent, agent_id) if isinstance(agent_id, int) else None
     if agent is None or not agent.active:
         raise ValidationFailed({"agent_id": ["must be the id of an active agent"]})
-    issued = agents.issue_api_key(session, agent, str(data.get("name", ""))[:100], g.actor, utcnow())
+    issued = agents.issue_api_key(
+        session, agent, str(data.get("name", ""))[:100], g.actor, utcnow()
+    )
     session.commit()
     return jsonify({**api_key_json(issued.api_key), "key": issued.key}), 201
 

@@ -22,11 +22,15 @@ SESSION_STAMP = "agent_stamp"
 
 
 def _unauthorized(detail: str) -> ApiError:
-    return ApiError(401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="paylink"'})
+    return ApiError(
+        401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="paylink"'}
+    )
 
 
 def current_actor() -> Actor:
-    return g.get("actor") or Actor("anonymous", ip=request.remote_addr, request_id=g.get("request_id"))
+    return g.get("actor") or Actor(
+        "anonymous", ip=request.remote_addr, request_id=g.get("request_id")
+    )
 
 
 def require_api(role: Role = Role.agent) -> Callable[[F], F]:
@@ -90,7 +94,9 @@ def require_console(role: Role = Role.agent) -> Callable[[F], F]:
             if agent is None:
                 return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
             g.agent = agent
-            g.actor = Actor("agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id"))
+            g.actor = Actor(
+                "agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id")
+            )
             if not agent.has_role(role):
                 raise Forbidden("Your role does not allow this page.")
             return view(*args, **kwargs)

@@ -175,7 +175,7 @@ def validate(config: Config) -> None:
     )
     scheme = config.database_url.split(":", 1)[0]
     check(
-        scheme.startswith("sqlite") or scheme.startswith("postgresql"),
+        scheme.startswith(("sqlite", "postgresql")),
         "PAYLINK_DATABASE_URL must be a sqlite:/// or postgresql:// URL",
     )
     if config.redis_url:
@@ -218,9 +218,7 @@ def validate(config: Config) -> None:
                 )
                 break
         if config.ssn_hash_key and len(config.ssn_hash_key) < MIN_SECRET_LENGTH:
-            problems.append(
-                f"PAYLINK_SSN_HASH_KEY must be at least {MIN_SECRET_LENGTH} characters"
-            )
+            problems.append(f"PAYLINK_SSN_HASH_KEY must be at least {MIN_SECRET_LENGTH} characters")
         check(base.scheme == "https", "PAYLINK_BASE_URL must be https in production")
         check(config.session_cookie_secure, "PAYLINK_SESSION_COOKIE_SECURE must stay on")
     if problems:
@@ -231,7 +229,10 @@ def _fill_dev_secrets(config: Config) -> Config:
     """Outside production, generate missing secrets once and keep them under instance/."""
     missing = [
         name
-        for name, value in (("secret_keys", config.secret_keys), ("ssn_hash_key", config.ssn_hash_key))
+        for name, value in (
+            ("secret_keys", config.secret_keys),
+            ("ssn_hash_key", config.ssn_hash_key),
+        )
         if not value
     ]
     if not missing:

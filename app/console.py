@@ -40,11 +40,15 @@ def login() -> Response | str:
     form = LoginForm()
     if form.validate_on_submit():
         session = db_session()
-        agent = agents.authenticate_password(session, form.email.data or "", form.password.data or "")
+        agent = agents.authenticate_password(
+            session, form.email.data or "", form.password.data or ""
+        )
         if agent is not None:
             now = utcnow()
             agent.last_login_at = now
-            actor = audit.Actor("agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id"))
+            actor = audit.Actor(
+                "agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id")
+            )
             audit.record(session, actor, "agent.logged_in", "agent", agent.id, now)
             session.commit()
             login_agent(agent)
@@ -79,7 +83,9 @@ def accounts() -> str:
         )
     session = db_session()
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(Account.id).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE))
+    rows = session.scalars(
+        stmt.order_by(Account.id).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
+    )
     return render_template(
         "console/accounts.html",
         accounts=list(rows),

@@ -81,7 +81,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--save", "60 1"]
         else:
             args += ["--appendonly", "no", "--save", ""]
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
             args, stdin=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout

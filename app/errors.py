@@ -37,7 +37,9 @@ class ApiError(Exception):
 
 
 class ValidationFailed(ApiError):
-    def __init__(self, errors: dict[str, list[str]], detail: str = "The request has invalid fields."):
+    def __init__(
+        self, errors: dict[str, list[str]], detail: str = "The request has invalid fields."
+    ):
         super().__init__(422, "Unprocessable Content", detail, errors=errors)
 
 
@@ -76,7 +78,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return problem(
-            exc.status, exc.title, exc.detail, errors=exc.errors, type_=exc.type, headers=exc.headers
+            exc.status,
+            exc.title,
+            exc.detail,
+            errors=exc.errors,
+            type_=exc.type,
+            headers=exc.headers,
         )
 
     @app.errorhandler(HTTPException)
@@ -90,7 +97,9 @@ def register(app: Flask) -> None:
         headers.pop("Content-Type", None)
         if wants_problem_json():
             return problem(status, title, detail, headers=headers)
-        return render_template("errors/error.html", status=status, title=title, detail=detail), status
+        return render_template(
+            "errors/error.html", status=status, title=title, detail=detail
+        ), status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response | tuple[str, int]:

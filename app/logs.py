@@ -13,7 +13,9 @@ import re
 import sys
 from datetime import UTC, datetime
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
 # 13-19 digits, optionally grouped by spaces or dashes (card numbers); 3-2-4 (SSNs).
@@ -47,7 +49,11 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in entry and key not in ("request_id", "job_id"):
-                entry[key] = value if isinstance(value, int | float | bool) or value is None else redact(str(value))
+                entry[key] = (
+                    value
+                    if isinstance(value, int | float | bool) or value is None
+                    else redact(str(value))
+                )
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
@@ -55,7 +61,9 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s%(job_id)s] %(message)s")
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s%(job_id)s] %(message)s"
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         record.request_id = getattr(record, "request_id", None) or ""

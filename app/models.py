@@ -88,9 +88,7 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint("balance_cents >= 0", name="balance_not_negative"),
         CheckConstraint("length(currency) = 3", name="currency_code"),
-        CheckConstraint(
-            "hold IS NULL OR " + _in("hold", Hold), name="hold"
-        ),
+        CheckConstraint("hold IS NULL OR " + _in("hold", Hold), name="hold"),
         Index("ix_account_name", "name"),
     )
 
@@ -139,9 +137,7 @@ class OrgSettings(Base):
     virtual_collection: Mapped[bool] = mapped_column(Boolean, default=True)
     allow_skip_offer: Mapped[bool] = mapped_column(Boolean, default=True)
     schedule_payment: Mapped[bool] = mapped_column(Boolean, default=True)
-    reminder_offsets: Mapped[list[str]] = mapped_column(
-        JSON, default=lambda: ["72h", "24h", "2h"]
-    )
+    reminder_offsets: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["72h", "24h", "2h"])
     link_lifetime_hours: Mapped[int] = mapped_column(Integer, default=168)
     offer_lifetime_hours: Mapped[int] = mapped_column(Integer, default=168)
     # Messages go out only inside [start, end) in the customer's local time, in minutes.

@@ -30,7 +30,9 @@ REQUESTS = Counter(
     "paylink_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"]
 )
 LATENCY = Histogram(
-    "paylink_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "endpoint"]
+    "paylink_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "endpoint"],
 )
 
 
@@ -53,7 +55,9 @@ def _check_database() -> str | None:
 
 def _check_redis() -> str | None:
     url = current_app.extensions["paylink.redis_url"]()
-    client = redis.Redis.from_url(url, socket_timeout=READY_TIMEOUT, socket_connect_timeout=READY_TIMEOUT)
+    client = redis.Redis.from_url(
+        url, socket_timeout=READY_TIMEOUT, socket_connect_timeout=READY_TIMEOUT
+    )
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:

@@ -146,7 +146,9 @@ def install(factory: sessionmaker[Session], job_queue: JobQueue) -> None:
                 job_queue.enqueue(spec)
             except (redis.RedisError, OSError):
                 # The rows are committed; the sweep re-derives due work from them.
-                log.exception("could not enqueue %s (%s); a sweep will pick it up", spec.func, spec.job_id)
+                log.exception(
+                    "could not enqueue %s (%s); a sweep will pick it up", spec.func, spec.job_id
+                )
 
     @event.listens_for(factory, "after_transaction_end")
     def _discard(session: Session, transaction: SessionTransaction) -> None:

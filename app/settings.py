@@ -122,7 +122,10 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
         "creditor_address",
         lambda v: validation.text(v, max_length=500, min_length=0),
     ),
-    "creditor_hours": ("creditor_hours", lambda v: validation.text(v, max_length=200, min_length=0)),
+    "creditor_hours": (
+        "creditor_hours",
+        lambda v: validation.text(v, max_length=200, min_length=0),
+    ),
 }
 
 
@@ -138,7 +141,11 @@ def settings_json(settings: OrgSettings) -> dict[str, Any]:
 
 
 def update_settings(
-    session: Session, patch: Mapping[str, Any], actor: audit.Actor, agent_id: int | None, now: datetime
+    session: Session,
+    patch: Mapping[str, Any],
+    actor: audit.Actor,
+    agent_id: int | None,
+    now: datetime,
 ) -> tuple[OrgSettings, Errors]:
     """Apply a partial update; nothing changes when any field is invalid. Flushes."""
     errors = Errors()

@@ -42,7 +42,7 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-def _run(connection) -> None:  # noqa: ANN001
+def _run(connection) -> None:
     context.configure(
         connection=connection, target_metadata=target_metadata, render_as_batch=True,
         compare_type=True,

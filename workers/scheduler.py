@@ -53,7 +53,7 @@ def run_forever(
         try:
             for jid in tick(job_queue, clock(), duties):
                 log.info("enqueued %s", jid)
-        except Exception:  # noqa: BLE001 - keep ticking through outages
+        except Exception:
             log.exception("scheduler tick failed; retrying")
         stop.wait(tick_seconds)
     log.info("scheduler stopped")
