@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
+
 log = logging.getLogger(__name__)
 
 ENVIRONMENTS = ("development", "test", "production")
@@ -26,8 +28,13 @@ FALSE_WORDS = {"0", "false", "no", "off", ""}
 MIN_SECRET_LENGTH = 32
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; ``problems`` lists every reason."""
+class ConfigError(click.ClickException):
+    """The configuration cannot be used; ``problems`` lists every reason.
+
+    A ClickException, so ``flask --app app ...`` prints the reasons without a traceback.
+    """
+
+    exit_code = 2
 
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -183,7 +190,8 @@ def validate(config: Config) -> None:
             config.redis_url.split(":", 1)[0] in ("redis", "rediss", "unix"),
             "PAYLINK_REDIS_URL must be a redis://, rediss:// or unix:// URL",
         )
-    check(bool(config.secret_keys), "PAYLINK_SECRET_KEYS must name at least one key")
+    if "secret_keys" not in config.generated_secrets:
+        check(bool(config.secret_keys), "PAYLINK_SECRET_KEYS must name at least one key")
     check(config.max_body_bytes > 0, "PAYLINK_MAX_BODY_BYTES must be positive")
     check(config.scheduler_tick_seconds > 0, "PAYLINK_SCHEDULER_TICK_SECONDS must be positive")
     check(

@@ -18,14 +18,30 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
-# 13-19 digits, optionally grouped by spaces or dashes (card numbers); 3-2-4 (SSNs).
-_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-_SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
+# 13-19 digits standing alone, optionally grouped by spaces or dashes (card numbers),
+# and 3-2-4 digit groups or nine digits alone (SSNs).
+_CARD = re.compile(r"(?<![0-9A-Za-z])(?:\d[ -]?){12,18}\d(?![0-9A-Za-z])")
+_SSN = re.compile(r"(?<![0-9A-Za-z])(?:\d{3}-\d{2}-\d{4}|\d{9})(?![0-9A-Za-z])")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch)
+        if i % 2:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return "[redacted]" if _luhn_ok(digits) else match.group(0)
+
+
 def redact(text: str) -> str:
-    return _SSN.sub("[redacted]", _CARD.sub("[redacted]", text))
+    return _SSN.sub("[redacted]", _CARD.sub(_mask_card, text))
 
 
 class ContextFilter(logging.Filter):

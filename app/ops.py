@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -22,6 +23,7 @@ from sqlalchemy import text
 
 from app.logs import request_id_var
 
+log = logging.getLogger("paylink.request")
 bp = Blueprint("ops", __name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 READY_TIMEOUT = 1.0  # seconds each dependency may take to answer /readyz
@@ -103,8 +105,15 @@ def init_app(app: Flask) -> None:
         endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
         REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
         started = g.get("request_started")
-        if started is not None:
-            LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        LATENCY.labels(request.method, endpoint).observe(elapsed)
+        log.info(
+            "%s %s %s",
+            request.method,
+            endpoint,
+            response.status_code,
+            extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
+        )
         return response
 
     @app.teardown_request

@@ -31,7 +31,7 @@ def tick(job_queue: JobQueue, now: datetime, duties: Iterable[Duty] = DUTIES) ->
         if not claimed:
             continue
         spec = JobSpec(
-            "workers.sweep.run_duty", (duty.name,), job_id=jid, queue=duty.queue,
+            "workers.sweep.run_duty", (duty.name, duty.func), job_id=jid, queue=duty.queue,
             timeout=duty.timeout, retry=(), unique=True,
         )  # fmt: skip
         if job_queue.enqueue(spec) is not None:
