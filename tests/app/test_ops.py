@@ -1,0 +1,96 @@
+"""Health, readiness, metrics and request ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from app import create_app
+from app.embedded_redis import free_port
+from app.logs import JsonFormatter
+
+
+def test_healthz(client):
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json == {"status": "ok"}
+
+
+def test_readyz_when_database_and_redis_answer(client):
+    resp = client.get("/readyz")
+    assert resp.status_code == 200
+    assert resp.json["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_readyz_503_when_redis_is_down_while_api_still_answers(app_config, agent):
+    app = create_app({**app_config, "redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    client = app.test_client()
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json["checks"]["database"] == "ok"
+    assert resp.json["checks"]["redis"].startswith("failed")
+    # An API call that needs no queue keeps working.
+    created = client.post(
+        "/api/v1/accounts",
+        json={"external_id": "R-1", "name": "Ray Down", "balance_cents": 100},
+        headers=agent.headers,
+    )
+    assert created.status_code == 201
+    assert (
+        client.get(f"/api/v1/accounts/{created.json['id']}", headers=agent.headers).status_code
+        == 200
+    )
+    app.extensions["paylink.db"].dispose()
+
+
+def test_readyz_503_when_database_is_unreachable(app_config, tmp_path):
+    # A directory where the database file should be: SQLite cannot open it.
+    (tmp_path / "not-a-file").mkdir()
+    app = create_app({**app_config, "database_url": f"sqlite:///{tmp_path / 'not-a-file'}"})
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json["checks"]["database"].startswith("failed")
+    assert resp.json["checks"]["redis"] == "ok"
+    app.extensions["paylink.db"].dispose()
+
+
+def test_metrics_count_requests(client):
+    client.get("/healthz")
+    client.get("/healthz")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "# TYPE paylink_http_requests_total counter" in text
+    line = next(
+        ln for ln in text.splitlines()
+        if ln.startswith("paylink_http_requests_total{") and 'endpoint="ops.healthz"' in ln
+    )  # fmt: skip
+    assert float(line.rsplit(" ", 1)[1]) >= 2
+
+
+def test_request_id_is_echoed_and_logged(client, caplog):
+    with caplog.at_level(logging.INFO, logger="paylink.request"):
+        resp = client.get("/healthz", headers={"X-Request-ID": "req-abc-123"})
+    assert resp.headers["X-Request-ID"] == "req-abc-123"
+    record = next(r for r in caplog.records if r.name == "paylink.request")
+    assert record.request_id == "req-abc-123"
+    # A malformed id is replaced, not trusted.
+    other = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"})
+    assert other.headers["X-Request-ID"] != "bad id <script>"
+    assert len(other.headers["X-Request-ID"]) == 32
+
+
+def test_logs_are_json_with_request_id(client, caplog):
+    with caplog.at_level(logging.INFO, logger="paylink.request"):
+        client.get("/healthz", headers={"X-Request-ID": "req-json-1"})
+    record = next(r for r in caplog.records if r.name == "paylink.request")
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["request_id"] == "req-json-1"
+    assert entry["status"] == 200
+    assert entry["level"] == "INFO"
+
+
+def test_security_headers(client):
+    resp = client.get("/console/login")
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["Referrer-Policy"] == "no-referrer"
