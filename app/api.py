@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app import accounts, agents
+from app import accounts, agents, validation
 from app import settings as org_settings
 from app.auth import require_api
 from app.clock import isoformat, utcnow
 from app.db import db_session
 from app.errors import ApiError, Conflict, NotFound, ValidationFailed
 from app.models import Account, Agent, ApiKey, Role
+from app.validation import Errors, FieldError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+# Ids are 64-bit integers; a larger one in a URL is simply not found (no overflow, no 500).
+MAX_ID = 2**63 - 1
+ID = f"int(max={MAX_ID})"
 
 
 def json_body() -> dict[str, Any]:
@@ -38,15 +43,29 @@ def config():
 
 
 def page_args() -> tuple[int, int]:
-    """(after id, limit) from ?cursor= and ?limit=."""
+    """(after id, limit) from ?cursor= and ?limit=; each bad one is a 422 under its name."""
+    errors = Errors()
+    cursor, limit = 0, PAGE_SIZE
     try:
-        cursor = int(request.args.get("cursor", "0") or 0)
-        limit = int(request.args.get("limit", PAGE_SIZE))
-    except ValueError:
-        raise ValidationFailed({"cursor": ["must be a number from a previous page"]}) from None
-    if cursor < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValidationFailed({"limit": [f"must be between 1 and {MAX_PAGE_SIZE}"]})
+        cursor = _int_arg("cursor", 0, 0, MAX_ID)
+    except FieldError:
+        errors.add("cursor", "must be the next_cursor of a previous page")
+    try:
+        limit = _int_arg("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    except FieldError:
+        errors.add("limit", f"must be a whole number between 1 and {MAX_PAGE_SIZE}")
+    if errors:
+        raise ValidationFailed(errors.by_field)
     return cursor, limit
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"-?\d{1,20}", raw):
+        raise FieldError("not a whole number")
+    return validation.integer(int(raw), minimum=minimum, maximum=maximum)
 
 
 # --- accounts ---------------------------------------------------------------------------
@@ -71,7 +90,7 @@ def create_account() -> tuple[Response, int]:
     return response, 201
 
 
-@bp.get("/accounts/<int:account_id>")
+@bp.get(f"/accounts/<{ID}:account_id>")
 @require_api()
 def get_account(account_id: int) -> Response:
     account = db_session().get(Account, account_id)
@@ -219,7 +238,7 @@ def create_agent() -> tuple[Response, int]:
     return jsonify(agent_json(agent)), 201
 
 
-@bp.post("/agents/<int:agent_id>/deactivate")
+@bp.post(f"/agents/<{ID}:agent_id>/deactivate")
 @require_api(Role.admin)
 def deactivate_agent(agent_id: int) -> Response:
     session = db_session()
@@ -254,7 +273,7 @@ def create_api_key() -> tuple[Response, int]:
     return jsonify({**api_key_json(issued.api_key), "key": issued.key}), 201
 
 
-@bp.post("/api-keys/<int:key_id>/revoke")
+@bp.post(f"/api-keys/<{ID}:key_id>/revoke")
 @require_api(Role.admin)
 def revoke_api_key(key_id: int) -> Response:
     session = db_session()
