@@ -107,10 +107,21 @@ def _is_running(pid: int) -> bool:
         return False
 
 
-def say(text: str = "") -> None:
+def _write(data: bytes) -> None:
+    """Write to our stdout; if nobody reads it any more (a closed pipe), drop the output
+    rather than fail: the clean-up must go on, and the children must never block."""
     with _print_lock:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+def say(text: str = "") -> None:
+    _write(text.encode() + b"\n")
 
 
 def _pump(name: str, stream: IO[bytes] | None) -> None:
@@ -120,9 +131,7 @@ def _pump(name: str, stream: IO[bytes] | None) -> None:
     prefix = f"{name:<9} | ".encode()
     with stream:
         for line in iter(stream.readline, b""):
-            with _print_lock:
-                sys.stdout.buffer.write(prefix + line)
-                sys.stdout.flush()
+            _write(prefix + line)
 
 
 def _raise_stop(signum: int, _frame: object) -> None:
