@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -58,6 +58,7 @@ def clean_account(
     ssn_key: str,
     today: date,
     from_text: bool = False,
+    required: Iterable[str] = REQUIRED,
 ) -> tuple[dict[str, Any], Errors]:
     """Check an account's fields; returns column values and the errors found.
 
@@ -73,7 +74,7 @@ def clean_account(
         for k, v in data.items()
         if k in FIELDS and v is not None and not (from_text and v == "")
     }
-    for name in REQUIRED:
+    for name in required:
         if name not in present:
             errors.add(name, "is required")
     checks: dict[str, Callable[[Any], Any]] = {
@@ -220,21 +221,39 @@ def import_csv(
 ) -> ImportResult:
     """Create or update accounts by external_id; bad rows are reported and left out.
 
+    An update changes only the cells given: a missing column or an empty cell keeps the
+    account's value.
     Runs in the caller's transaction: the good rows land together or not at all.
     """
     result = ImportResult()
-    clean_rows: dict[str, tuple[int, dict[str, Any]]] = {}
+    parsed: list[tuple[int, dict[str, Any], Errors]] = []
     for line, row in _records(text):
         if "__shape__" in row:
             result.errors.append({"row": line, "field": None, "message": row["__shape__"]})
             continue
-        values, errors = clean_account(row, ssn_key=ssn_key, today=now.date(), from_text=True)
+        values, errors = clean_account(
+            row, ssn_key=ssn_key, today=now.date(), from_text=True, required=("external_id",)
+        )
+        parsed.append((line, values, errors))
+    existing = _ids_by_external_id(
+        session,
+        list(dict.fromkeys(v["external_id"] for _line, v, _errors in parsed if "external_id" in v)),
+    )
+
+    clean_rows: dict[str, tuple[int, dict[str, Any]]] = {}
+    for line, values, errors in parsed:
+        external_id = values.get("external_id")
+        if external_id is not None and external_id not in existing:
+            # A new account needs every required field; an update keeps the old value
+            # wherever a cell is empty.
+            for name in REQUIRED:
+                if name not in values and name not in errors.by_field:
+                    errors.add(name, "is required")
         if errors:
-            for name, messages in errors.by_field.items():
-                for message in messages:
+            for name in sorted(errors.by_field, key=FIELDS.index):
+                for message in errors.by_field[name]:
                     result.errors.append({"row": line, "field": name, "message": message})
             continue
-        external_id = values["external_id"]
         if external_id in clean_rows:
             first = clean_rows[external_id][0]
             result.errors.append(
@@ -242,16 +261,8 @@ def import_csv(
             )
             continue
         clean_rows[external_id] = (line, values)
+    result.errors.sort(key=lambda e: e["row"])  # stable: a row's errors keep column order
 
-    ids = list(clean_rows)
-    existing: dict[str, int] = {}
-    for start in range(0, len(ids), IMPORT_CHUNK):
-        chunk = ids[start : start + IMPORT_CHUNK]
-        existing.update(
-            session.execute(
-                select(Account.external_id, Account.id).where(Account.external_id.in_(chunk))
-            ).tuples()
-        )
     new_rows: list[dict[str, Any]] = []
     changed_rows: dict[frozenset[str], list[dict[str, Any]]] = {}
     for external_id, (_line, values) in clean_rows.items():
@@ -277,6 +288,17 @@ def import_csv(
     }
     audit.record(session, actor, "accounts.imported", "account", None, now, counts)
     return result
+
+
+def _ids_by_external_id(session: Session, external_ids: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for start in range(0, len(external_ids), IMPORT_CHUNK):
+        chunk = external_ids[start : start + IMPORT_CHUNK]
+        rows = session.execute(
+            select(Account.external_id, Account.id).where(Account.external_id.in_(chunk))
+        )
+        found.update((external_id, account_id) for external_id, account_id in rows)
+    return found
 
 
 def _group_by_keys(rows: list[dict[str, Any]]) -> dict[frozenset[str], list[dict[str, Any]]]:
