@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from app import accounts, agents, audit, migrate
@@ -67,6 +67,7 @@ def db_downgrade(revision: str) -> None:
 
 
 @click.command("create-agent")
+@with_appcontext
 @click.argument("email")
 @click.option(
     "--role", type=click.Choice([r.value for r in Role]), default="agent", show_default=True
@@ -94,6 +95,7 @@ def create_agent(email: str, role: str, password: str | None, name: str) -> None
 
 
 @click.command("revoke-api-key")
+@with_appcontext
 @click.argument("prefix")
 def revoke_api_key(prefix: str) -> None:
     """Revoke the API key whose prefix (as listed by the API) is PREFIX."""
@@ -106,6 +108,7 @@ def revoke_api_key(prefix: str) -> None:
 
 
 @click.command("seed-demo")
+@with_appcontext
 def seed_demo() -> None:
     """A demo admin agent (new password and API key each run) and a few accounts."""
     now = utcnow()
@@ -144,6 +147,7 @@ def seed_demo() -> None:
 
 
 @click.command("sweep")
+@with_appcontext
 @click.option("--at", "at", help="Run as of this ISO 8601 instant instead of now.")
 def sweep(at: str | None) -> None:
     """One pass of every periodic duty; prints what each did as counts."""
@@ -165,6 +169,7 @@ def sweep(at: str | None) -> None:
 
 
 @click.command("import-accounts")
+@with_appcontext
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_accounts(path: Path) -> None:
     """Create or update accounts from a CSV file (header row with the API's field names).
@@ -193,6 +198,7 @@ def import_accounts(path: Path) -> None:
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 def worker(burst: bool) -> None:
     """Run an RQ worker on every Paylink queue, with RQ's scheduler enabled."""
@@ -202,6 +208,7 @@ def worker(burst: bool) -> None:
 
 
 @click.command("scheduler")
+@with_appcontext
 def scheduler() -> None:
     """Enqueue the periodic duties, one job per duty and time slot (safe to run several)."""
     from workers.scheduler import run_forever

@@ -62,6 +62,8 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     scheduler_tick_seconds: float = 5.0
+    sms_per_second: float = 10.0  # per sender (from number or messaging service)
+    email_per_second: float = 500.0
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
     twilio_from_number: str = ""
@@ -116,6 +118,8 @@ PARSERS = {
     "session_cookie_secure": _bool,
     "max_body_bytes": _int,
     "scheduler_tick_seconds": _float,
+    "sms_per_second": _float,
+    "email_per_second": _float,
 }
 
 
@@ -194,6 +198,8 @@ def validate(config: Config) -> None:
         check(bool(config.secret_keys), "PAYLINK_SECRET_KEYS must name at least one key")
     check(config.max_body_bytes > 0, "PAYLINK_MAX_BODY_BYTES must be positive")
     check(config.scheduler_tick_seconds > 0, "PAYLINK_SCHEDULER_TICK_SECONDS must be positive")
+    check(config.sms_per_second > 0, "PAYLINK_SMS_PER_SECOND must be positive")
+    check(config.email_per_second > 0, "PAYLINK_EMAIL_PER_SECOND must be positive")
     check(
         config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
         "PAYLINK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR",

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -171,3 +172,100 @@ class AuditEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ip: Mapped[str | None] = mapped_column(String(45))
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Channel(enum.StrEnum):
+    sms = "sms"
+    email = "email"
+
+
+class MessageStatus(enum.StrEnum):
+    queued = "queued"
+    deferred = "deferred"  # held back by quiet hours until scheduled_for
+    sending = "sending"  # claimed by a worker until lease_until
+    sent = "sent"
+    delivered = "delivered"
+    undelivered = "undelivered"
+    failed = "failed"
+    bounced = "bounced"
+    suppressed = "suppressed"  # never sent: opted out, on hold, no address
+
+
+class Message(Base):
+    """One SMS or email, written in the transaction of the event that causes it."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        CheckConstraint(_in("channel", Channel), name="channel"),
+        CheckConstraint(_in("status", MessageStatus), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        # The outbox sweep reads only messages still waiting to go out.
+        Index(
+            "ix_message_pending",
+            "scheduled_for",
+            postgresql_where=text("status IN ('queued', 'deferred', 'sending')"),
+            sqlite_where=text("status IN ('queued', 'deferred', 'sending')"),
+        ),
+        Index("ix_message_account", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # link, offer, reminder_1, receipt, ...
+    channel: Mapped[str] = mapped_column(String(8))
+    recipient: Mapped[str | None] = mapped_column(String(254))  # E.164 phone or email
+    subject: Mapped[str | None] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text, default="")  # SMS text, or the email's text part
+    html: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.queued.value)
+    status_reason: Mapped[str | None] = mapped_column(String(200))
+    provider_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    # One message per causing event and channel, e.g. "reminder-17-2-sms".
+    dedupe_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)  # not before this instant
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    account: Mapped[Account] = relationship()
+    events: Mapped[list[MessageEvent]] = relationship(
+        back_populates="message", order_by="MessageEvent.id"
+    )
+
+
+class MessageEvent(Base):
+    """Every decision and provider report about a message, in order."""
+
+    __tablename__ = "message_event"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    type: Mapped[str] = mapped_column(String(32))  # queued, deferred, suppressed, sent, status, ...
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    message: Mapped[Message] = relationship(back_populates="events")
+
+
+class EmailSuppression(Base):
+    """An address that bounced, complained or unsubscribed: no more email to it."""
+
+    __tablename__ = "email_suppression"
+
+    email: Mapped[str] = mapped_column(String(254), primary_key=True)  # lower-case
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookReceipt(Base):
+    """Provider events already processed, so a repeated delivery changes nothing."""
+
+    __tablename__ = "webhook_receipt"
+
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

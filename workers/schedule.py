@@ -19,5 +19,7 @@ class Duty:
     timeout: int = 300
 
 
-# Filled by the features: reminders, expiries, installments, settlement, stuck outbox.
-DUTIES: tuple[Duty, ...] = ()
+# Reminders, expiries, installments and settlement join as their features land.
+DUTIES: tuple[Duty, ...] = (
+    Duty("outbox", "workers.messaging.resend_stuck", every_seconds=60, queue="messages"),
+)

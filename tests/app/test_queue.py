@@ -18,6 +18,7 @@ from app.clock import utcnow
 from app.embedded_redis import free_port
 from app.models import AuditEvent
 from app.queue import DEFAULT, QUEUE_NAMES, JobQueue, JobSpec, enqueue_after_commit, job_id
+from tests.helpers import drain
 from workers.worker import build_worker
 
 MARKER = "tests.workers.sample_jobs.record_marker"
@@ -30,11 +31,6 @@ def markers(app, name: str) -> int:
             .select_from(AuditEvent)
             .where(AuditEvent.action == "test.marker", AuditEvent.object_id == name)
         )
-
-
-def drain(app) -> bool:
-    """Run a real worker until every Paylink queue is empty."""
-    return build_worker(app).work(burst=True, with_scheduler=True)
 
 
 def test_job_enqueued_after_commit_runs_once(app):

@@ -25,8 +25,13 @@ def duty_runs(app) -> int:
         )
 
 
-def test_duty_table_starts_empty():
-    assert DUTIES == ()
+def test_duty_table_names_importable_functions():
+    from rq.utils import import_attribute
+
+    assert "outbox" in {d.name for d in DUTIES}
+    for duty in DUTIES:
+        assert callable(import_attribute(duty.func))
+        assert duty.every_seconds > 0
 
 
 def test_one_slot_is_enqueued_once(app):
@@ -105,7 +110,7 @@ def test_sweep_cli(app):
     result = runner.invoke(args=["sweep", "--at", "2026-11-21T12:00:00Z"])
     assert result.exit_code == 0, result.output
     assert "sweep at 2026-11-21T12:00:00Z" in result.output
-    assert "no periodic duties are defined" in result.output
+    assert "outbox: jobs=0 stuck_messages=0" in result.output
     bad = runner.invoke(args=["sweep", "--at", "next tuesday"])
     assert bad.exit_code == 2
     assert "not an ISO 8601 instant" in bad.output
