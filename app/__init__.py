@@ -133,12 +133,22 @@ def _init_errors(app: Flask) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from app import api, console, ops
+    from app.messaging import api as messages_api
+    from app.messaging import pages as messaging_pages
+    from app.messaging import webhooks
 
     ops.init_app(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(api.bp)
-    csrf.exempt(api.bp)  # bearer-token API: no cookies, so no CSRF
+    app.register_blueprint(messages_api.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(messaging_pages.bp)
+    # Bearer-token API and signed provider webhooks: no cookies, so no CSRF.
+    for blueprint in (api.bp, messages_api.bp, webhooks.bp):
+        csrf.exempt(blueprint)
+    for endpoint in messaging_pages.CSRF_EXEMPT:
+        csrf.exempt(f"app.messaging.pages.{endpoint}")
 
     @app.get("/")
     def index() -> Response:
