@@ -67,9 +67,10 @@ def test_devrun_serves_and_stops_every_process(tmp_path: Path) -> None:
     recorded: set[int] = set()
     try:
         deadline = time.monotonic() + READY_WITHIN
-        while not _ready(port):
+        # Ready means /readyz answers 200 and devrun has printed its URLs (it polls too).
+        while not (_ready(port) and "Press Ctrl-C to stop" in log_path.read_text()):
             assert supervisor.poll() is None, "devrun exited early:\n" + log_path.read_text()
-            assert time.monotonic() < deadline, "no 200 from /readyz:\n" + log_path.read_text()
+            assert time.monotonic() < deadline, "not ready in time:\n" + log_path.read_text()
             time.sleep(0.2)
 
         tree = psutil.Process(supervisor.pid).children(recursive=True)
@@ -78,7 +79,7 @@ def test_devrun_serves_and_stops_every_process(tmp_path: Path) -> None:
         for expected in ("gunicorn", "worker", "scheduler", "redis-server"):
             assert expected in names, f"no {expected} process under devrun: {names}"
         output = log_path.read_text()
-        for url in ("/console/login", "/dev/outbox", "/readyz", "Press Ctrl-C to stop"):
+        for url in ("/console/login", "/dev/outbox", "/readyz", "api key: pl_"):
             assert url in output
 
         supervisor.send_signal(signal.SIGINT)
