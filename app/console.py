@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from sqlalchemy import func, or_, select
@@ -25,8 +27,18 @@ class LoginForm(FlaskForm):
 
 
 def _safe_next(target: str | None) -> str:
-    # Only same-site paths: never redirect a fresh login to another host.
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """``target`` if it is a path on this site, else the accounts page.
+
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash, so
+    ``/<tab>/evil.example`` would leave the site: any such character refuses the target.
+    """
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and not any(ch == "\\" or ord(ch) <= 32 or ord(ch) == 127 for ch in target)
+        and not urlsplit(target).netloc
+    ):
         return target
     return url_for("console.accounts")
 
@@ -72,17 +84,19 @@ def accounts() -> str:
     page = max(1, request.args.get("page", 1, type=int) or 1)
     stmt = select(Account)
     if query:
-        like = f"%{query.lower()}%"
+        # autoescape: a % or _ typed in the search box means itself, not a wildcard.
         stmt = stmt.where(
             or_(
-                func.lower(Account.name).like(like),
+                func.lower(Account.name).contains(query.lower(), autoescape=True),
                 Account.external_id == query,
-                Account.phone.like(f"%{query}%"),
+                Account.phone.contains(query, autoescape=True),
                 func.lower(Account.email) == query.lower(),
             )
         )
     session = db_session()
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = min(page, pages)  # past the end shows the last page (and no offset overflows)
     rows = session.scalars(
         stmt.order_by(Account.id).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
     )
@@ -91,6 +105,6 @@ def accounts() -> str:
         accounts=list(rows),
         query=query,
         page=page,
-        pages=max(1, -(-total // PAGE_SIZE)),
+        pages=pages,
         total=total,
     )
