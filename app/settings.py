@@ -44,30 +44,37 @@ def _defaults() -> dict[str, Any]:
     return values
 
 
-def parse_offset(text: str) -> timedelta:
-    """``"72h"`` → 72 hours; units m, h, d."""
+def _offset_parts(text: Any) -> tuple[int, str]:
     match = re.fullmatch(r"\s*(\d{1,5})\s*([mhd])\s*", text) if isinstance(text, str) else None
     if not match:
         raise FieldError(f"{text!r} is not an offset such as 72h, 30m or 3d")
     amount = int(match.group(1))
     if amount == 0:
         raise FieldError("an offset must be greater than zero")
-    return timedelta(seconds=amount * OFFSET_UNITS[match.group(2)])
+    return amount, match.group(2)
+
+
+def parse_offset(text: str) -> timedelta:
+    """``"72h"`` → 72 hours; units m, h, d."""
+    amount, unit = _offset_parts(text)
+    return timedelta(seconds=amount * OFFSET_UNITS[unit])
 
 
 def reminder_offsets(value: Any) -> list[str]:
+    """Up to three different offsets, spelt ``<number><unit>``, earliest reminder first."""
     if not isinstance(value, list):
         raise FieldError('must be a list such as ["72h", "24h", "2h"]')
     if len(value) > MAX_REMINDERS:
         raise FieldError(f"at most {MAX_REMINDERS} reminders")
-    seen = set()
+    offsets: dict[timedelta, str] = {}
     for item in value:
-        delta = parse_offset(item)
-        if delta in seen:
+        amount, unit = _offset_parts(item)
+        delta = timedelta(seconds=amount * OFFSET_UNITS[unit])
+        if delta in offsets:
             raise FieldError("offsets must be different from each other")
-        seen.add(delta)
+        offsets[delta] = f"{amount}{unit}"
     # Earliest reminder (largest offset) first.
-    return sorted((item.strip() for item in value), key=parse_offset, reverse=True)
+    return [offsets[delta] for delta in sorted(offsets, reverse=True)]
 
 
 def _clock_time(value: Any) -> int:
@@ -129,13 +136,16 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
+def _public(column: str, value: Any) -> Any:
+    """A column's value as the API shows it (quiet hours as "HH:MM")."""
+    return _minutes_text(value) if column.endswith("_minute") else value
+
+
 def settings_json(settings: OrgSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, (column, _check) in FIELDS.items():
-        value = getattr(settings, column)
-        if column.endswith("_minute"):
-            value = _minutes_text(value)
-        out[name] = value
+    out: dict[str, Any] = {
+        name: _public(column, getattr(settings, column))
+        for name, (column, _check) in FIELDS.items()
+    }
     out["updated_at"] = settings.updated_at.isoformat().replace("+00:00", "Z")
     return out
 
@@ -147,7 +157,8 @@ def update_settings(
     agent_id: int | None,
     now: datetime,
 ) -> tuple[OrgSettings, Errors]:
-    """Apply a partial update; nothing changes when any field is invalid. Flushes."""
+    """Apply a partial update; nothing changes when any field is invalid, and a patch
+    that changes no value records nothing. Flushes."""
     errors = Errors()
     changes: dict[str, Any] = {}
     for name, value in patch.items():
@@ -156,24 +167,34 @@ def update_settings(
             continue
         column, check = FIELDS[name]
         try:
-            changes[column] = check(value)
+            changes[name] = check(value)
         except FieldError as exc:
             errors.add(name, str(exc))
     settings = get_settings(session)
-    start = changes.get("quiet_hours_start_minute", settings.quiet_hours_start_minute)
-    end = changes.get("quiet_hours_end_minute", settings.quiet_hours_end_minute)
+    start = changes.get("quiet_hours_start", settings.quiet_hours_start_minute)
+    end = changes.get("quiet_hours_end", settings.quiet_hours_end_minute)
     if not errors and end <= start:
         errors.add("quiet_hours_end", "must be later than quiet_hours_start")
     if errors:
         return settings, errors
-    before = {c: getattr(settings, c) for c in changes}
-    for column, value in changes.items():
+    changes = {
+        name: value
+        for name, value in changes.items()
+        if getattr(settings, FIELDS[name][0]) != value
+    }
+    if not changes:
+        return settings, errors
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for name, value in changes.items():
+        column = FIELDS[name][0]
+        before[name] = _public(column, getattr(settings, column))
+        after[name] = _public(column, value)
         setattr(settings, column, value)
     settings.updated_at = now
     settings.updated_by_agent_id = agent_id
     session.flush()
     audit.record(
-        session, actor, "settings.updated", "settings", 1, now,
-        {"before": before, "after": changes},
-    )  # fmt: skip
+        session, actor, "settings.updated", "settings", 1, now, {"before": before, "after": after}
+    )
     return settings, errors
