@@ -30,7 +30,10 @@ def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 415/400 problem."""
     if not request.is_json:
         raise ApiError(415, "Unsupported Media Type", "Send the body as application/json.")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # json.loads gives up on thousands of nested brackets
+        raise ApiError(400, "Bad Request", "The JSON body is nested too deeply.") from None
     if data is None:
         raise ApiError(400, "Bad Request", "The body is not valid JSON.")
     if not isinstance(data, dict):
