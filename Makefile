@@ -27,7 +27,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
-	@echo "Installing Paylink's pinned dependencies into $(VENV) (the first time takes a minute)"
+	@echo "Installing Paylink's pinned dependencies into $(VENV) (a minute on a new .venv)"
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	@touch $@
 
