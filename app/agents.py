@@ -15,6 +15,7 @@ from app.security import generate_api_key, hash_api_key, hash_password, verify_p
 # last_used_at is written at most this often per key, so reads stay reads.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 200  # the console's sign-in form takes no more
 
 
 class AgentExists(Exception):
@@ -38,6 +39,8 @@ def normalize_email(email: str) -> str:
 def check_password_strength(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise WeakPassword(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise WeakPassword(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
 
 
 def create_agent(
@@ -112,7 +115,9 @@ def authenticate_key(session: Session, key: str, now: datetime) -> ApiKey | None
 
 def authenticate_password(session: Session, email: str, password: str) -> Agent | None:
     """The active agent with this email and password; same work whether or not it exists."""
-    agent = session.scalar(select(Agent).where(Agent.email == normalize_email(email)))
+    email = normalize_email(email)
+    # PostgreSQL refuses a NUL in a query string; no stored email holds one anyway.
+    agent = None if "\x00" in email else session.scalar(select(Agent).where(Agent.email == email))
     ok = verify_password(agent.password_hash if agent else None, password)
     if agent is None or not ok or not agent.active:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -108,7 +109,12 @@ def list_accounts() -> Response:
     session = db_session()
     external_id = request.args.get("external_id")
     if external_id is not None:
-        account = accounts.find_by_external_id(session, external_id)
+        try:
+            account = accounts.find_by_external_id(
+                session, validation.text(external_id, max_length=64)
+            )
+        except FieldError:  # nothing that fails the check can have been stored
+            account = None
         return jsonify({"items": [accounts.account_json(account)] if account else []})
     cursor, limit = page_args()
     rows = list(
@@ -210,35 +216,66 @@ def list_agents() -> Response:
 @require_api(Role.admin)
 def create_agent() -> tuple[Response, int]:
     data = json_body()
-    errors: dict[str, list[str]] = {}
-    email = data.get("email")
-    role = data.get("role", Role.agent.value)
-    password = data.get("password")
-    if not isinstance(email, str) or "@" not in email:
-        errors["email"] = ["must be an email address"]
-    if role not in {r.value for r in Role}:
-        errors["role"] = ["must be agent, supervisor or admin"]
-    if not isinstance(password, str):
-        errors["password"] = ["is required"]
-    elif len(password) < agents.MIN_PASSWORD_LENGTH:
-        errors["password"] = [f"must be at least {agents.MIN_PASSWORD_LENGTH} characters"]
+    errors = Errors()
+    checks: dict[str, Callable[[Any], Any]] = {
+        "email": _agent_email,
+        "role": _role,
+        "password": _password,
+        "name": lambda v: validation.text(v, max_length=200, min_length=0),
+    }
+    values: dict[str, Any] = {"role": Role.agent, "name": ""}
+    for name in sorted(set(data) - set(checks)):
+        errors.add(name, "is not a known field")
+    for name in ("email", "password"):
+        if data.get(name) is None:
+            errors.add(name, "is required")
+    for name, check in checks.items():
+        if data.get(name) is not None:
+            try:
+                values[name] = check(data[name])
+            except FieldError as exc:
+                errors.add(name, str(exc))
     if errors:
-        raise ValidationFailed(errors)
+        raise ValidationFailed(errors.by_field)
     session = db_session()
     try:
         agent = agents.create_agent(
             session,
-            email,
-            Role(role),
-            password,
+            values["email"],
+            values["role"],
+            values["password"],
             g.actor,
             utcnow(),
-            name=str(data.get("name", ""))[:200],
+            name=values["name"],
         )
     except agents.AgentExists:
         raise Conflict("An agent with that email already exists.") from None
     session.commit()
     return jsonify(agent_json(agent)), 201
+
+
+def _agent_email(value: Any) -> str:
+    # A sign-in name more than a mailbox: any domain will do, .test and intranet ones too.
+    email = validation.text(value, max_length=254)
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
+        raise FieldError("must be an email address")
+    return email
+
+
+def _role(value: Any) -> Role:
+    if not isinstance(value, str) or value not in {r.value for r in Role}:
+        raise FieldError("must be agent, supervisor or admin")
+    return Role(value)
+
+
+def _password(value: Any) -> str:
+    if not isinstance(value, str):
+        raise FieldError("must be a string")
+    if len(value) < agents.MIN_PASSWORD_LENGTH:
+        raise FieldError(f"must be at least {agents.MIN_PASSWORD_LENGTH} characters")
+    if len(value) > agents.MAX_PASSWORD_LENGTH:
+        raise FieldError(f"must be at most {agents.MAX_PASSWORD_LENGTH} characters")
+    return value
 
 
 @bp.post(f"/agents/<{ID}:agent_id>/deactivate")
@@ -265,13 +302,23 @@ def list_api_keys() -> Response:
 def create_api_key() -> tuple[Response, int]:
     data = json_body()
     session = db_session()
-    agent_id = data.get("agent_id", g.agent.id)
-    agent = session.get(Agent, agent_id) if isinstance(agent_id, int) else None
+    errors = Errors()
+    agent: Agent | None = None
+    try:
+        agent_id = validation.integer(data.get("agent_id", g.agent.id), minimum=1, maximum=MAX_ID)
+        agent = session.get(Agent, agent_id)
+    except FieldError:
+        pass
     if agent is None or not agent.active:
-        raise ValidationFailed({"agent_id": ["must be the id of an active agent"]})
-    issued = agents.issue_api_key(
-        session, agent, str(data.get("name", ""))[:100], g.actor, utcnow()
-    )
+        errors.add("agent_id", "must be the id of an active agent")
+    name = ""
+    try:
+        name = validation.text(data.get("name", ""), max_length=100, min_length=0)
+    except FieldError as exc:
+        errors.add("name", str(exc))
+    if errors or agent is None:
+        raise ValidationFailed(errors.by_field)
+    issued = agents.issue_api_key(session, agent, name, g.actor, utcnow())
     session.commit()
     return jsonify({**api_key_json(issued.api_key), "key": issued.key}), 201
 

@@ -80,7 +80,8 @@ def logout() -> Response:
 @bp.get("/")
 @require_console()
 def accounts() -> str:
-    query = request.args.get("q", "").strip()[:100]
+    # Control characters cannot match anything stored (and PostgreSQL refuses a NUL).
+    query = "".join(ch for ch in request.args.get("q", "") if ch.isprintable()).strip()[:100]
     page = max(1, request.args.get("page", 1, type=int) or 1)
     stmt = select(Account)
     if query:

@@ -128,6 +128,18 @@ def test_lookup_by_unknown_external_id_is_an_empty_list(client, agent):
     assert resp.json["items"] == []
 
 
+@pytest.mark.parametrize("external_id", ["", "X\x00", "X" * 65, " "])
+def test_lookup_by_an_impossible_external_id_is_an_empty_list(client, agent, external_id):
+    create(client, agent.headers, external_id="X")
+
+    resp = client.get(
+        "/api/v1/accounts", query_string={"external_id": external_id}, headers=agent.headers
+    )
+
+    assert resp.status_code == 200
+    assert resp.json["items"] == []
+
+
 def test_list_pages_through_every_account_with_next_cursor(client, agent):
     ids = [create(client, agent.headers, external_id=f"P-{n}").json["id"] for n in range(5)]
 

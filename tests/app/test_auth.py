@@ -310,3 +310,61 @@ def test_create_agent_with_an_unknown_role_is_a_usage_error(app):
     result = run_cli(app, "create-agent", "c@paylink.test", "--role", "owner")
 
     assert result.exit_code == 2
+
+
+# --- admin input checks --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"password": "long enough pw"}, "email"),
+        ({"email": "not-an-email", "password": "long enough pw"}, "email"),
+        ({"email": "a" * 300 + "@paylink.test", "password": "long enough pw"}, "email"),
+        ({"email": "nul\x00@paylink.test", "password": "long enough pw"}, "email"),
+        ({"email": "a@paylink.test"}, "password"),
+        ({"email": "a@paylink.test", "password": "short"}, "password"),
+        ({"email": "a@paylink.test", "password": "x" * 201}, "password"),
+        ({"email": "a@paylink.test", "password": 1234567890123}, "password"),
+        ({"email": "a@paylink.test", "password": "long enough pw", "role": "owner"}, "role"),
+        ({"email": "a@paylink.test", "password": "long enough pw", "role": ["admin"]}, "role"),
+        ({"email": "a@paylink.test", "password": "long enough pw", "name": "a\x00b"}, "name"),
+        ({"email": "a@paylink.test", "password": "long enough pw", "name": {"x": 1}}, "name"),
+        ({"email": "a@paylink.test", "password": "long enough pw", "admin": True}, "admin"),
+    ],
+)
+def test_creating_an_agent_checks_every_field(client, admin, new_session, body, field):
+    resp = client.post("/api/v1/agents", json=body, headers=admin.headers)
+
+    assert resp.status_code == 422, resp.json
+    assert list(resp.json["errors"]) == [field]
+    with new_session() as s:
+        assert s.scalars(select(Agent.email)).all() == [admin.email]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"agent_id": True}, "agent_id"),
+        ({"agent_id": 2**70}, "agent_id"),
+        ({"agent_id": "1"}, "agent_id"),
+        ({"agent_id": 999}, "agent_id"),
+        ({"name": "a\x00b"}, "name"),
+        ({"name": "x" * 101}, "name"),
+    ],
+)
+def test_issuing_a_key_checks_its_fields(client, admin, new_session, body, field):
+    resp = client.post("/api/v1/api-keys", json=body, headers=admin.headers)
+
+    assert resp.status_code == 422, resp.json
+    assert list(resp.json["errors"]) == [field]
+    with new_session() as s:
+        assert len(s.scalars(select(ApiKey)).all()) == 1
+
+
+def test_issuing_a_key_without_agent_id_is_for_the_caller(client, admin):
+    resp = client.post("/api/v1/api-keys", json={"name": "laptop"}, headers=admin.headers)
+
+    assert resp.status_code == 201
+    assert resp.json["agent_id"] == admin.id
+    assert resp.json["name"] == "laptop"

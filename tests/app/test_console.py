@@ -111,6 +111,13 @@ def test_wrong_password_is_400_with_a_message_and_no_session(client, agent, pass
     assert not signed_in(client)
 
 
+def test_an_email_with_a_nul_is_just_a_wrong_login(client, agent):
+    resp = login(client, agent.email + "\x00", agent.password)
+
+    assert resp.status_code == 400
+    assert not signed_in(client)
+
+
 def test_unknown_email_gets_the_same_answer_as_a_wrong_password(client, agent):
     wrong_password = login(client, agent.email, "wrong password")
     unknown_email = login(client, "nobody@paylink.test", "wrong password")
@@ -316,6 +323,13 @@ def test_accounts_page_searches_by_external_id_and_email(signed_in_client):
 def test_accounts_search_treats_wildcards_as_text(signed_in_client):
     assert names_on(signed_in_client.get("/console/?q=_")) == ["Anna_Maria Diaz"]
     assert names_on(signed_in_client.get("/console/?q=%25")) == []
+
+
+def test_accounts_search_ignores_control_characters(signed_in_client):
+    resp = signed_in_client.get("/console/?q=Bob%00")
+
+    assert resp.status_code == 200
+    assert names_on(resp) == ["Bob Stone"]
 
 
 def test_accounts_search_without_match_says_so(signed_in_client):
