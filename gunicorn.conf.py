@@ -13,6 +13,10 @@ bind = [f"0.0.0.0:{os.environ.get('PORT', '5000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = 4
+# Build the app once in the master and fork it: a worker recycled by --max-requests (or
+# after a crash) serves again in milliseconds instead of re-importing everything. Paylink
+# connects nothing in create_app, and its engine and Redis pools reset after a fork.
+preload_app = True
 accesslog = "-"  # stdout
 errorlog = "-"  # stderr
 # gunicorn's control socket sits at one path per user ($HOME/.gunicorn/gunicorn.ctl), which
