@@ -201,6 +201,15 @@ class _InlineStyles(HTMLParser):
             self.found.add("".join(self._style))
             self._style = None
 
+    def close(self) -> None:
+        # A browser applies an unclosed <style> up to the end of the document; the parser
+        # would hold that text back for good, waiting for </style>.
+        if self._style is not None:
+            self._style.append(self.rawdata)
+            self.rawdata = ""
+        super().close()
+        self.handle_endtag("style")
+
 
 def outbox_csp(html_documents: list[str]) -> str:
     """The app's policy, plus the hashes of the inline styles of the emails shown.
@@ -209,14 +218,15 @@ def outbox_csp(html_documents: list[str]) -> str:
     unstyled, not as the customer sees it. Only those exact styles are allowed: the page's
     own markup has none, and scripts stay refused (the iframe is sandboxed besides).
     """
-    parser = _InlineStyles()
+    found: set[str] = set()
     for document in html_documents:
+        parser = _InlineStyles()
         parser.feed(document)
         parser.close()
-        parser.reset()
+        found |= parser.found
     hashes = sorted(
         "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
-        for s in parser.found
+        for s in found
     )
     styles = " ".join(["'self'", *(["'unsafe-hashes'", *hashes] if hashes else [])])
     return (

@@ -3,6 +3,8 @@ form POST and RFC 8058 one-click POST."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -14,7 +16,7 @@ from sqlalchemy import func, select
 from app import create_app
 from app.clock import utcnow
 from app.messaging.outbox import MessageEnv, queue_message
-from app.messaging.pages import linkify, mask_email
+from app.messaging.pages import linkify, mask_email, outbox_csp
 from app.models import Account, AuditEvent, EmailSuppression, Message
 from app.tokens import TokenService
 from tests.helpers import drain
@@ -303,6 +305,23 @@ def test_linkify_escapes_then_links():
         "&lt;b&gt;&amp;&lt;/b&gt; ftp://x.test javascript:alert(1)"
     )
     assert linkify("https:// and http://") == "https:// and http://"
+
+
+def test_outbox_csp_allows_exactly_the_emails_inline_styles():
+    def sha(text: str) -> str:
+        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+    csp = outbox_csp(
+        [
+            '<p style="color:#000;font-family:&quot;A&quot;">x</p><style>p{margin:0}',
+            '<b style="color:#000;font-family:&quot;A&quot;">y</b>',
+        ]
+    )
+    style_src = next(d for d in csp.split("; ") if d.startswith("style-src "))
+    assert style_src.split()[1:] == ["'self'", "'unsafe-hashes'", *sorted(
+        [sha('color:#000;font-family:"A"'), sha("p{margin:0}")]
+    )]  # fmt: skip
+    assert "style-src 'self';" in outbox_csp([])
 
 
 # --- unsubscribe --------------------------------------------------------------------------
