@@ -58,6 +58,9 @@ def _configure(app: Flask, cfg: config_module.Config) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         WTF_CSRF_TIME_LIMIT=8 * 3600,
+        # Pages send Referrer-Policy: no-referrer (tokens live in URLs), so browsers send
+        # no Referer for Flask-WTF's HTTPS check; the token and SameSite=Lax still hold.
+        WTF_CSRF_SSL_STRICT=False,
         JSON_SORT_KEYS=False,
     )
 

@@ -234,6 +234,11 @@ def validate(config: Config) -> None:
         if config.ssn_hash_key and len(config.ssn_hash_key) < MIN_SECRET_LENGTH:
             problems.append(f"PAYLINK_SSN_HASH_KEY must be at least {MIN_SECRET_LENGTH} characters")
         check(base.scheme == "https", "PAYLINK_BASE_URL must be https in production")
+        check(
+            config.sms_backend != "outbox" and config.email_backend != "outbox",
+            "PAYLINK_SMS_BACKEND and PAYLINK_EMAIL_BACKEND must name real providers in "
+            "production (the outbox backends send nothing)",
+        )
         check(config.session_cookie_secure, "PAYLINK_SESSION_COOKIE_SECURE must stay on")
     if problems:
         raise ConfigError(problems)

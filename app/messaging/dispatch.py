@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from app import audit
 from app.db import Database
 from app.messaging import compliance
 from app.messaging.backends.base import (
@@ -225,23 +226,35 @@ class Dispatcher:
                     .with_for_update(of=Message)
                 )
             }
+            retries: dict[datetime, list[Message]] = {}
             for message_id, attempt, result in results:
                 message = rows.get(message_id)
-                if (
-                    message is None
-                    or message.status != MessageStatus.sending
-                    or message.attempts != attempt
-                ):
+                if message is None or not _claim_stands(message, attempt):
                     log.warning(
                         "message %s was taken over before its result was recorded", message_id
                     )
                     self._count("superseded")
                     continue
-                self._record_one(session, message, result, now)
+                retry_at = self._record_one(session, message, result, now)
+                if retry_at is not None:
+                    retries.setdefault(retry_at, []).append(message)
+            # Messages that failed together are retried together: one job, one provider call.
+            for retry_at, group in retries.items():
+                first = group[0]
+                key = job_id("send", first.id, f"a{first.attempts}", f"n{len(group)}")
+                spec = send_job([m.id for m in group], key)
+                enqueue_after_commit(session, replace(spec, at=retry_at))
 
     def _record_one(
         self, session: Session, message: Message, result: SendResult, now: datetime
-    ) -> None:
+    ) -> datetime | None:
+        """Store one result; returns when to retry it, if it should be retried."""
+        if message.status != MessageStatus.sending and not result.ok:
+            # A provider report already settled this message; keep it, note the error.
+            record_event(
+                session, message, "late_error", now, code=result.error and result.error.code
+            )
+            return None
         message.lease_until = None
         message.updated_at = now
         if result.ok:
@@ -252,7 +265,7 @@ class Dispatcher:
             if result.delivered:
                 advance(session, message, MessageStatus.delivered, now, source="outbox")
             self._count("sent")
-            return
+            return None
         error = result.error
         assert error is not None
         message.error = f"{error.code}: {error.detail}"
@@ -270,14 +283,30 @@ class Dispatcher:
                 detail=error.detail,
                 at=retry_at.isoformat(),
             )
-            key = job_id("send", message.id, "a" + str(message.attempts))
-            enqueue_after_commit(session, replace(send_job([message.id], key), at=retry_at))
             self._count("retried")
-            return
+            return retry_at
         advance(session, message, MessageStatus.failed, now, reason=error.code, detail=error.detail)
         if message.channel == Channel.sms and error.code == STOPPED_CODE:
             account = message.account
             if account.sms_opted_out_at is None:
                 account.sms_opted_out_at = now
                 record_event(session, message, "opted_out", now, source="provider", code=error.code)
+                audit.record(
+                    session, audit.Actor.system("twilio"), "account.sms_opted_out", "account",
+                    account.id, now, {"source": "send error", "code": error.code},
+                )  # fmt: skip
         self._count("failed")
+        return None
+
+
+def _claim_stands(message: Message, attempt: int) -> bool:
+    """Is this still the worker's claim? A provider webhook may already have moved the
+    message past ``sending`` (a fast delivery report); the send still needs recording."""
+    if message.attempts != attempt:
+        return False
+    if message.status == MessageStatus.sending:
+        return True
+    return message.provider_id is None and message.status in (
+        MessageStatus.sent, MessageStatus.delivered, MessageStatus.undelivered,
+        MessageStatus.failed, MessageStatus.bounced,
+    )  # fmt: skip

@@ -63,11 +63,20 @@ def test_production_refuses_generated_or_weak_secrets(tmp_path):
             env(tmp_path, PAYLINK_ENV="production", PAYLINK_BASE_URL="https://pay.example.com",
                 PAYLINK_SECRET_KEYS="short", PAYLINK_SSN_HASH_KEY="x" * 40)
         )  # fmt: skip
-    good = load_config(
-        env(tmp_path, PAYLINK_ENV="production", PAYLINK_BASE_URL="https://pay.example.com",
-            PAYLINK_SECRET_KEYS="k" * 40, PAYLINK_SSN_HASH_KEY="s" * 40,
-            PAYLINK_DATABASE_URL="postgresql://db.internal/paylink")
+    production = env(
+        tmp_path, PAYLINK_ENV="production", PAYLINK_BASE_URL="https://pay.example.com",
+        PAYLINK_SECRET_KEYS="k" * 40, PAYLINK_SSN_HASH_KEY="s" * 40,
+        PAYLINK_DATABASE_URL="postgresql://db.internal/paylink",
     )  # fmt: skip
+    with pytest.raises(ConfigError, match="outbox backends send nothing"):
+        load_config(production)
+    providers = {
+        "PAYLINK_SMS_BACKEND": "twilio", "PAYLINK_TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "PAYLINK_TWILIO_AUTH_TOKEN": "t" * 32, "PAYLINK_TWILIO_FROM_NUMBER": "+15005550006",
+        "PAYLINK_EMAIL_BACKEND": "sendgrid", "PAYLINK_SENDGRID_API_KEY": "SG.key",
+        "PAYLINK_SENDGRID_FROM_EMAIL": "billing@example.com",
+    }  # fmt: skip
+    good = load_config({**production, **providers})
     assert good.is_production
 
 

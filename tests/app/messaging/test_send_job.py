@@ -319,11 +319,6 @@ def test_a_provider_timing_out_mid_batch_retries_every_email(provider_app, provi
     assert sorted(delivered) == sorted(str(i) for i in ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatch.Dispatcher.record schedules one retry job per message, so a batch "
-    "that failed as one call is retried as one call per email",
-)
 def test_a_failed_batch_is_retried_as_one_call(provider_app, provider_server):
     provider_server.sendgrid.reply(Reply(429, message="too many requests"), then=OK)
     with time_machine.travel(NOON_NY, tick=False):
