@@ -14,6 +14,8 @@ from typing import Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
 
 class FieldError(ValueError):
     pass
@@ -40,7 +42,7 @@ def text(value: Any, *, max_length: int, min_length: int = 1) -> str:
         raise FieldError("must not be empty")
     if len(value) > max_length:
         raise FieldError(f"must be at most {max_length} characters")
-    if any(ord(ch) < 32 for ch in value):
+    if _CONTROL.search(value):
         raise FieldError("must not contain control characters")
     return value
 
