@@ -17,9 +17,11 @@ from app.clock import isoformat, utcnow
 from app.db import db_session
 from app.errors import ApiError, Conflict, NotFound, ValidationFailed
 from app.models import Account, Agent, ApiKey, Role
+from app.ratelimit import api_caller_key, api_limit, limiter
 from app.validation import Errors, FieldError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+limiter.limit(api_limit, key_func=api_caller_key)(bp)
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 # Ids are 64-bit integers; a larger one in a URL is simply not found (no overflow, no 500).

@@ -10,6 +10,8 @@ from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from app.security import hash_api_key
+
 limiter = Limiter(get_remote_address, key_prefix="paylink", strategy="moving-window")
 
 
@@ -34,6 +36,18 @@ def init_app(app: Flask, redis_url: str, enabled: bool) -> None:
 
 def login_limit() -> str:
     return current_app.extensions["paylink.config"].login_rate_limit
+
+
+def api_limit() -> str:
+    return current_app.extensions["paylink.config"].api_rate_limit
+
+
+def api_caller_key() -> str:
+    """Count API calls per key (by its hash: no key is written to Redis), else per address."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        return "api-key:" + hash_api_key(key.strip())
+    return "api-ip:" + get_remote_address()
 
 
 def login_email_key() -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask.sessions import SecureCookieSessionInterface
 
-from app import security
+from app import create_app, security
 from app.models import Agent
+from app.ratelimit import storage_uri
 from app.security import (
     generate_api_key,
     hash_api_key,
@@ -192,3 +194,69 @@ def test_responses_carry_the_security_headers(client, path):
     assert resp.headers["Referrer-Policy"] == "no-referrer"
     assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
     assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+# --- the API rate limit --------------------------------------------------------------------
+
+
+@pytest.fixture
+def limited_app(app_config, app):
+    """The app with an API limit of 3 calls a minute (the same database and Redis)."""
+    limited = create_app({**app_config, "api_rate_limit": "3 per minute"})
+    yield limited
+    limited.extensions["paylink.queue"].close()
+    limited.extensions["paylink.db"].dispose()
+
+
+def test_api_calls_are_limited_per_key(limited_app, make_agent, time_machine):
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    time_machine.move_to(start, tick=False)
+    one, two = make_agent(), make_agent()
+    client = limited_app.test_client()
+
+    assert [client.get("/api/v1/accounts", headers=one.headers).status_code for _ in range(3)] == [
+        200,
+        200,
+        200,
+    ]
+    blocked = client.get("/api/v1/accounts", headers=one.headers)
+
+    assert blocked.status_code == 429
+    assert blocked.mimetype == "application/problem+json"
+    assert blocked.json["status"] == 429
+    assert "Retry-After" in blocked.headers
+    # Another key from the same address has its own count.
+    assert client.get("/api/v1/accounts", headers=two.headers).status_code == 200
+    # The window moves with the clock.
+    time_machine.move_to(start + timedelta(seconds=61), tick=False)
+    assert client.get("/api/v1/accounts", headers=one.headers).status_code == 200
+
+
+def test_calls_without_a_key_are_limited_per_address(limited_app):
+    client = limited_app.test_client()
+
+    statuses = [client.get("/api/v1/accounts").status_code for _ in range(4)]
+
+    assert statuses == [401, 401, 401, 429]
+    other = client.get("/api/v1/accounts", environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert other.status_code == 401
+
+
+def test_the_limiter_writes_no_api_key_to_redis(limited_app, agent, redis_client):
+    limited_app.test_client().get("/api/v1/accounts", headers=agent.headers)
+
+    keys = [k.decode() for k in redis_client.keys("*")]
+    assert any(hash_api_key(agent.key) in k for k in keys)
+    assert not any(agent.key in k for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("unix:///srv/paylink/redis.sock?db=0", "redis+unix:///srv/paylink/redis.sock?db=0"),
+        ("unix:///srv/paylink/redis.sock", "redis+unix:///srv/paylink/redis.sock"),
+    ],
+)
+def test_limiter_storage_uri(url, expected):
+    assert storage_uri(url) == expected
