@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,30 @@ def test_good_rows_are_created(client, agent, new_session):
     assert ann.date_of_birth.isoformat() == "1980-01-31"
     assert ann.zip == "20001"
     assert (bob.phone, bob.email, bob.currency, bob.ssn_hash) == (None, None, "CAD", None)
+
+
+def test_ssns_in_a_file_are_never_echoed_or_logged(client, agent, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    text = (
+        "external_id,name,balance_cents,ssn\n"
+        "S-1,Ann,1,123-45-6789\n"
+        "S-2,Bob,1,234567890x\n"  # not an SSN
+        "S-3,Cy,-1,345-67-8901\n"  # a good SSN on a bad row
+    )
+
+    resp = post_csv(client, agent.headers, text)
+
+    assert resp.json["created"] == 1
+    assert [(e["row"], e["field"]) for e in resp.json["errors"]] == [
+        (3, "ssn"),
+        (4, "balance_cents"),
+    ]
+    assert "INSERT INTO account" in caplog.text  # the capture works
+    out, err = capfd.readouterr()
+    for seen in (resp.get_data(as_text=True), caplog.text, out, err):
+        for secret in ("123-45-6789", "123456789", "234567890", "345-67-8901", "345678901"):
+            assert secret not in seen
 
 
 def test_import_records_one_audit_event_with_the_counts(client, agent, new_session):

@@ -173,6 +173,20 @@ def test_deactivating_an_agent_ends_their_session(client, agent, admin, app):
     assert not signed_in(client)
 
 
+def test_a_session_ends_after_eight_hours(client, agent, time_machine):
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    time_machine.move_to(start, tick=False)
+    login(client, agent.email, agent.password)
+
+    time_machine.move_to(start + timedelta(hours=7, minutes=59), tick=False)
+    assert signed_in(client)
+    # Each request re-signs the cookie, so the eight hours count from the last one.
+    time_machine.move_to(start + timedelta(hours=15, minutes=50), tick=False)
+    assert signed_in(client)
+    time_machine.move_to(start + timedelta(hours=24), tick=False)
+    assert not signed_in(client)
+
+
 def test_logout_needs_a_post_with_csrf_and_ends_the_session(client, agent):
     login(client, agent.email, agent.password)
 
