@@ -147,15 +147,19 @@ def load_config(
     if "base_url" not in values and environ.get("PORT"):
         values["base_url"] = f"http://localhost:{environ['PORT'].strip()}"
     values.update(overrides or {})
-    if problems:
-        raise ConfigError(problems)
     config = Config(**values)
     config = replace(config, instance_path=str(Path(config.instance_path).resolve()))
     if not config.database_url:
         db_file = Path(config.instance_path) / "paylink.sqlite3"
         config = replace(config, database_url=f"sqlite:///{db_file}")
     config = _fill_dev_secrets(config)
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        # What could not be read is reported together with everything else that is wrong.
+        raise ConfigError(problems)
     return config
 
 
@@ -234,6 +238,10 @@ def validate(config: Config) -> None:
         if config.ssn_hash_key and len(config.ssn_hash_key) < MIN_SECRET_LENGTH:
             problems.append(f"PAYLINK_SSN_HASH_KEY must be at least {MIN_SECRET_LENGTH} characters")
         check(base.scheme == "https", "PAYLINK_BASE_URL must be https in production")
+        check(
+            bool(config.redis_url),
+            "PAYLINK_REDIS_URL must be set in production (the embedded Redis is for development)",
+        )
         check(
             config.sms_backend != "outbox" and config.email_backend != "outbox",
             "PAYLINK_SMS_BACKEND and PAYLINK_EMAIL_BACKEND must name real providers in "

@@ -148,3 +148,7 @@ def _stop_stale(server: RedisServer) -> None:
     if b"redis-server" in cmdline:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+        # Wait for it to let go of the socket and its files before starting another.
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)

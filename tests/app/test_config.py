@@ -67,6 +67,7 @@ def test_production_refuses_generated_or_weak_secrets(tmp_path):
         tmp_path, PAYLINK_ENV="production", PAYLINK_BASE_URL="https://pay.example.com",
         PAYLINK_SECRET_KEYS="k" * 40, PAYLINK_SSN_HASH_KEY="s" * 40,
         PAYLINK_DATABASE_URL="postgresql://db.internal/paylink",
+        PAYLINK_REDIS_URL="redis://cache.internal:6379/0",
     )  # fmt: skip
     with pytest.raises(ConfigError, match="outbox backends send nothing"):
         load_config(production)
@@ -121,3 +122,16 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
     assert "invalid Paylink configuration" in result.stderr
     assert "PAYLINK_SECRET_KEYS must be set in production" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unreadable_and_invalid_values_are_reported_together(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(env(tmp_path, PAYLINK_MAX_BODY_BYTES="lots", PAYLINK_SMS_BACKEND="fax"))
+    text = "\n".join(err.value.problems)
+    assert "PAYLINK_MAX_BODY_BYTES" in text
+    assert "PAYLINK_SMS_BACKEND must be one of" in text
+
+
+def test_production_needs_an_external_redis(tmp_path):
+    with pytest.raises(ConfigError, match="PAYLINK_REDIS_URL must be set in production"):
+        load_config(env(tmp_path, PAYLINK_ENV="production"))
