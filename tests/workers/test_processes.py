@@ -120,7 +120,7 @@ def test_metrics_add_up_across_gunicorn_workers(app_config, tmp_path):
     base = f"http://127.0.0.1:{port}"
 
     def get(path: str) -> str:
-        with urllib.request.urlopen(base + path, timeout=5) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(base + path, timeout=30) as resp:  # noqa: S310 - loopback
             return resp.read().decode()
 
     def up() -> bool:
@@ -130,7 +130,7 @@ def test_metrics_add_up_across_gunicorn_workers(app_config, tmp_path):
             return False
 
     try:
-        wait_for(up, what="gunicorn to answer")
+        wait_for(up, timeout=60, what="gunicorn to answer")
         for _ in range(30):
             get("/healthz")
         pids = {int(p.name.split("_")[-1].split(".")[0]) for p in metrics_dir.glob("counter_*.db")}
