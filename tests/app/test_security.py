@@ -21,6 +21,7 @@ from app.security import (
     ssn_digits,
     verify_password,
 )
+from tests.app.test_auth import make_agent  # noqa: F401 - agents made faster, see there
 
 # --- passwords ----------------------------------------------------------------------------
 
@@ -208,10 +209,10 @@ def limited_app(app_config, app):
     limited.extensions["paylink.db"].dispose()
 
 
-def test_api_calls_are_limited_per_key(limited_app, make_agent, time_machine):
+def test_api_calls_are_limited_per_key(limited_app, agent, supervisor, time_machine):
     start = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
     time_machine.move_to(start, tick=False)
-    one, two = make_agent(), make_agent()
+    one, two = agent, supervisor
     client = limited_app.test_client()
 
     assert [client.get("/api/v1/accounts", headers=one.headers).status_code for _ in range(3)] == [
