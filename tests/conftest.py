@@ -22,7 +22,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import make_url
 
 from app import create_app, migrate
-from app.audit import Actor
 from app.clock import utcnow
 from app.embedded_redis import RedisServer, free_port
 from app.models import Role
@@ -186,11 +185,14 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def db(app: Flask) -> Iterator[Any]:
-    """A session of the test's own, for arranging and checking rows."""
-    with app.app_context():
-        session = app.extensions["paylink.db"].Session()
-        yield session
-        session.close()
+    """A session of the test's own, for arranging and checking rows.
+
+    No app context is pushed, so test-client requests get sessions of their own. Commit
+    or roll back before a request on SQLite: an open transaction holds the write lock.
+    """
+    session = app.extensions["paylink.db"].Session()
+    yield session
+    session.close()
 
 
 @dataclass
@@ -205,10 +207,20 @@ class AgentWithKey:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+_password_hashes: dict[str, str] = {}
+
+
 @pytest.fixture
 def make_agent(app: Flask):
-    """Create an agent with an API key: ``make_agent(role="supervisor")``."""
-    from app import agents
+    """Create an agent with an API key: ``make_agent(role="supervisor")``.
+
+    scrypt is slow on purpose, so each password is hashed once per session; the row, its
+    ``agent.created`` audit event and its key are made as ``app.agents`` makes them
+    (``create_agent`` itself is tested through the API and the CLI).
+    """
+    from app import agents, audit
+    from app.models import Agent
+    from app.security import hash_password
 
     counter = iter(range(1, 10_000))
 
@@ -218,11 +230,21 @@ def make_agent(app: Flask):
         password: str = "correct horse battery",  # noqa: S107
     ) -> AgentWithKey:
         email = email or f"{role}{next(counter)}@paylink.test"
+        if password not in _password_hashes:
+            _password_hashes[password] = hash_password(password)
+        now, actor = utcnow(), audit.Actor.system("test")
         with app.extensions["paylink.db"].transaction() as session:
-            agent = agents.create_agent(
-                session, email, Role(role), password, Actor.system("test"), utcnow()
+            agent = Agent(
+                email=agents.normalize_email(email),
+                role=Role(role).value,
+                password_hash=_password_hashes[password],
+                active=True,
+                created_at=now,
             )
-            issued = agents.issue_api_key(session, agent, "test", Actor.system("test"), utcnow())
+            session.add(agent)
+            session.flush()
+            audit.record(session, actor, "agent.created", "agent", agent.id, now, {"role": role})
+            issued = agents.issue_api_key(session, agent, "test", actor, now)
         return AgentWithKey(agent.id, agent.email, password, issued.key)
 
     return make

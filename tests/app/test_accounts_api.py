@@ -11,7 +11,6 @@ from sqlalchemy import select
 from app import accounts
 from app.models import Account, AuditEvent
 from app.security import hash_ssn
-from tests.app.test_auth import make_agent  # noqa: F401 - agents made faster, see there
 from tests.conftest import TEST_SSN_KEY
 
 PROBLEM_JSON = "application/problem+json"

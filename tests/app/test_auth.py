@@ -7,52 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
-from app import agents, audit
-from app.clock import utcnow
-from app.models import Agent, ApiKey, AuditEvent, Role
-from app.security import hash_api_key, hash_password
-from tests.conftest import AgentWithKey
+from app.models import Agent, ApiKey, AuditEvent
+from app.security import hash_api_key
 
 PROBLEM_JSON = "application/problem+json"
-_password_hashes: dict[str, str] = {}
-
-
-@pytest.fixture
-def make_agent(app):
-    """The harness's ``make_agent``, hashing each password once per session.
-
-    scrypt is slow on purpose, and most tests need an agent only for its API key. The
-    agent row, its ``agent.created`` audit event and its key are made as
-    ``agents.create_agent`` and ``agents.issue_api_key`` make them (the latter is called);
-    ``create_agent`` itself is tested through the API and the CLI. The other test modules
-    of the foundation import this fixture.
-    """
-    counter = iter(range(1, 10_000))
-
-    def make(
-        role: str = "agent",
-        email: str | None = None,
-        password: str = "correct horse battery",  # noqa: S107
-    ) -> AgentWithKey:
-        email = email or f"{role}{next(counter)}@paylink.test"
-        if password not in _password_hashes:
-            _password_hashes[password] = hash_password(password)
-        now, actor = utcnow(), audit.Actor.system("test")
-        with app.extensions["paylink.db"].transaction() as session:
-            agent = Agent(
-                email=agents.normalize_email(email),
-                role=Role(role).value,
-                password_hash=_password_hashes[password],
-                active=True,
-                created_at=now,
-            )
-            session.add(agent)
-            session.flush()
-            audit.record(session, actor, "agent.created", "agent", agent.id, now, {"role": role})
-            issued = agents.issue_api_key(session, agent, "test", actor, now)
-        return AgentWithKey(agent.id, agent.email, password, issued.key)
-
-    return make
 
 
 @pytest.fixture

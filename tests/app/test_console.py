@@ -10,7 +10,6 @@ import pytest
 from flask.testing import FlaskClient
 
 from app.models import Account, Agent
-from tests.app.test_auth import make_agent  # noqa: F401 - agents made faster, see there
 
 LOGIN = "/console/login"
 CSRF = re.compile(r'name="csrf_token"[^>]*?value="([^"]+)"')

@@ -9,7 +9,6 @@ from sqlalchemy.exc import DBAPIError
 
 from app.audit import AuditTampering
 from app.models import Account, AuditEvent
-from tests.app.test_auth import make_agent  # noqa: F401 - agents made faster, see there
 
 PROBLEM_JSON = "application/problem+json"
 

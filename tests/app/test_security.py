@@ -21,7 +21,6 @@ from app.security import (
     ssn_digits,
     verify_password,
 )
-from tests.app.test_auth import make_agent  # noqa: F401 - agents made faster, see there
 
 # --- passwords ----------------------------------------------------------------------------
 

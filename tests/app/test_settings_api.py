@@ -8,7 +8,6 @@ import pytest
 from sqlalchemy import select
 
 from app.models import AuditEvent, OrgSettings
-from tests.app.test_auth import make_agent  # noqa: F401 - agents made faster, see there
 
 SETTINGS = "/api/v1/settings"
 PROBLEM_JSON = "application/problem+json"
