@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
+    ApiKeyIncludedException,
     Attachment,
     Category,
     Content,
@@ -106,19 +107,21 @@ def plan_calls(emails: Sequence[OutgoingEmail], limit: int = MAX_PERSONALIZATION
     return [(True, members) for _kind, _seen, members in shared] + calls
 
 
-def _error_detail(exc: HTTPError) -> tuple[str, list[int]]:
-    """SendGrid's first error message and the personalization indexes its errors name."""
+def _error_detail(exc: HTTPError) -> tuple[str, dict[int, str]]:
+    """SendGrid's first error message, and the message for each personalization index
+    its errors name."""
+    fallback = str(exc.reason or exc.status_code)[:MAX_DETAIL]
     try:
         errors = json.loads(exc.body or b"{}").get("errors") or []
     except (ValueError, AttributeError):
-        return str(exc.reason or exc.status_code), []
-    indexes = []
+        return fallback, {}
+    named: dict[int, str] = {}
     for error in errors:
         match = _PERSONALIZATION_FIELD.match(str(error.get("field") or ""))
         if match:
-            indexes.append(int(match.group(1)))
-    message = errors[0].get("message") if errors else None
-    return str(message or exc.reason or exc.status_code)[:MAX_DETAIL], indexes
+            named.setdefault(int(match.group(1)), str(error.get("message") or "")[:MAX_DETAIL])
+    first = errors[0].get("message") if errors else None
+    return (str(first)[:MAX_DETAIL] if first else fallback), named
 
 
 class SendgridEmail:
@@ -163,19 +166,24 @@ class SendgridEmail:
         return [results[e.message_id] for e in emails]
 
     def _send_call(self, emails: list[OutgoingEmail], shared: bool) -> list[SendResult]:
-        mail = self.build_mail(emails, shared=shared)
+        try:
+            mail = self.build_mail(emails, shared=shared)
+        except ApiKeyIncludedException:
+            # The SDK refuses content that starts like a SendGrid API key; so would retries.
+            detail = "content looks like a SendGrid API key"
+            return self._all_failed(emails, SendError(False, "content", detail))
         try:
             response = self.client.send(mail)
         except HTTPError as exc:
             status = int(exc.status_code)
-            detail, indexes = _error_detail(exc)
+            detail, named = _error_detail(exc)
             transient = status == 429 or status >= 500
             log.warning("sendgrid answered %s for %d emails: %s", status, len(emails), detail)
-            bad = {i for i in indexes if 0 <= i < len(emails)}
+            bad = {i: message for i, message in named.items() if 0 <= i < len(emails)}
             if status == 400 and bad and len(bad) < len(emails):
                 # Only some personalizations are at fault: fail those, send the rest.
                 failed = [
-                    SendResult(e.message_id, error=SendError(False, "400", detail))
+                    SendResult(e.message_id, error=SendError(False, "400", bad[i] or detail))
                     for i, e in enumerate(emails)
                     if i in bad
                 ]

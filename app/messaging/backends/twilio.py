@@ -45,9 +45,8 @@ def error_for(exc: TwilioException | requests.exceptions.RequestException) -> Se
         )
         label = str(code if code is not None else status if status is not None else "twilio")
         return SendError(_transient_status(status), label, str(detail)[:MAX_DETAIL])
-    if isinstance(
-        exc, requests.exceptions.Timeout
-    ):  # before ConnectionError: ConnectTimeout is both
+    # Timeout before the rest: ConnectTimeout is both a Timeout and a ConnectionError.
+    if isinstance(exc, requests.exceptions.Timeout):
         return SendError(True, "timeout", str(exc)[:MAX_DETAIL])
     return SendError(True, "network", str(exc)[:MAX_DETAIL])
 

@@ -450,3 +450,14 @@ def test_sendgrid_unreachable_is_transient():
 def test_sendgrid_empty_batch_makes_no_call(provider_server):
     assert sendgrid(provider_server).send_batch([]) == []
     assert provider_server.sendgrid.requests == []
+
+
+def test_sendgrid_content_the_sdk_refuses_fails_permanently(provider_server):
+    # The SDK refuses real content that starts like an API key ("SG.x.y"); retrying
+    # could not help. Such an email goes alone, so nothing else is held up.
+    results = sendgrid(provider_server).send_batch(
+        [email(1, text="SG.abc.def is your code -paylink_x"), email(2)]
+    )
+    assert (results[0].error.transient, results[0].error.code) == (False, "content")
+    assert results[1].ok
+    assert len(provider_server.sendgrid.requests) == 1
