@@ -18,7 +18,7 @@ from workers.runtime import paylink_job
 
 # A queued message still waiting this long after its time has lost its job: enqueue again.
 STUCK_AFTER = timedelta(minutes=2)
-SWEEP_BATCH = 500
+SWEEP_BATCH = 1000  # one SendGrid call's worth of emails
 
 
 def dispatcher() -> Dispatcher:

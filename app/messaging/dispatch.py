@@ -9,6 +9,7 @@ runs out; the outbox sweep then hands the message to another worker.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -54,6 +55,10 @@ class Dispatcher:
     email_per_second: float
     clock: Callable[[], datetime]
     status_callback: str | None = None
+    # Seconds a job may spend sending texts before handing the rest to another job;
+    # well inside SEND_TIMEOUT and LEASE.
+    time_budget: float = 40.0
+    monotonic: Callable[[], float] = time.monotonic
     counts: dict[str, int] = field(default_factory=dict)
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -149,14 +154,56 @@ class Dispatcher:
     # --- send ---------------------------------------------------------------------------
 
     def run(self, message_ids: Sequence[int]) -> dict[str, int]:
-        """Send whichever of ``message_ids`` are due; safe to run twice or concurrently."""
+        """Send whichever of ``message_ids`` are due; safe to run twice or concurrently.
+
+        Texts go one at a time under the sender's rate limit; when the job's time budget
+        runs out, or the quiet-hours window closes, the rest are released and handed to
+        a follow-up job, so no claim outlives its job or its lease.
+        """
+        started = self.monotonic()
         claimed = self.claim(message_ids)
         sms = [c for c in claimed if c[0].channel == Channel.sms]
         emails = [c for c in claimed if c[0].channel == Channel.email]
-        for message, attempt, window_ends in sms:
+        self._send_email_batches(emails)
+        for index, (message, attempt, window_ends) in enumerate(sms):
+            over_budget = self.monotonic() - started > self.time_budget
+            window_closed = window_ends is not None and self.clock() >= window_ends
+            if over_budget or window_closed:
+                self._release(sms[index:])
+                break
             self.limiter.acquire(self.sms.sender, self.sms_per_second)
             result = self._send_sms(message, window_ends)
             self.record([(message.id, attempt, result)])
+        return self.counts
+
+    def _release(self, items: list[tuple[Message, int, datetime | None]]) -> None:
+        """Give unsent claims back (as queued, due now) to a follow-up job."""
+        now = self.clock()
+        ids = [m.id for m, _a, _w in items]
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                select(Message).where(Message.id.in_(ids)).with_for_update(of=Message)
+            )
+            attempts = {m.id: a for m, a, _w in items}
+            released = []
+            for message in rows:
+                if (
+                    message.status != MessageStatus.sending
+                    or message.attempts != attempts[message.id]
+                ):
+                    continue
+                message.status = MessageStatus.queued.value
+                message.attempts -= 1  # this attempt never reached the provider
+                message.lease_until = None
+                message.scheduled_for = now
+                record_event(session, message, "released", now)
+                released.append(message.id)
+            if released:
+                key = job_id("send-more", released[0], len(released), int(now.timestamp()))
+                enqueue_after_commit(session, send_job(released, key))
+        self._count("released", len(released))
+
+    def _send_email_batches(self, emails: list[tuple[Message, int, datetime | None]]) -> None:
         by_kind: dict[str, list[tuple[Message, int, datetime | None]]] = {}
         for item in emails:
             by_kind.setdefault(item[0].kind, []).append(item)
@@ -166,7 +213,6 @@ class Dispatcher:
                 self.limiter.acquire(self.email.sender, self.email_per_second, cells=len(batch))
                 results = self._send_emails([m for m, _a, _w in batch])
                 self.record([(m.id, a, r) for (m, a, _w), r in zip(batch, results, strict=True)])
-        return self.counts
 
     def _send_sms(self, message: Message, window_ends: datetime | None) -> SendResult:
         validity = None

@@ -86,8 +86,16 @@ def record_event(
     session.add(MessageEvent(message_id=message.id, at=now, type=type_, detail=detail))
 
 
+# A send job hands its remaining texts on after 40 s (Dispatcher.time_budget); the timeout
+# leaves room for the last provider call and a 1,000-email batch.
+SEND_TIMEOUT = 180
+
+
 def send_job(message_ids: list[int], key: str) -> JobSpec:
-    return JobSpec(SEND_JOB, (message_ids,), job_id=key, queue=MESSAGES, retry=(), unique=True)
+    return JobSpec(
+        SEND_JOB, (message_ids,), job_id=key, queue=MESSAGES, timeout=SEND_TIMEOUT, retry=(),
+        unique=True,
+    )  # fmt: skip
 
 
 def queue_message(

@@ -3,12 +3,15 @@ body.txt, body.html}``. HTML is autoescaped; text is not. Missing variables are 
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from app.messaging import segments
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "messages"
 OPT_OUT_LINE = "Reply STOP to opt out."
@@ -68,8 +71,35 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def gsm_friendly(text: str) -> str:
+    """Replace letters outside GSM-7 with their plain forms (María → Maria, Łukasz →
+    Lukasz), so one accented name does not turn a text into three UCS-2 segments."""
+    if segments.is_gsm7(text):
+        return text
+    out = []
+    for ch in text:
+        if segments.is_gsm7(ch):
+            out.append(ch)
+            continue
+        plain = "".join(
+            c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)
+        )
+        plain = _EXTRA.get(ch, plain)
+        out.append(plain if plain and segments.is_gsm7(plain) else ch)
+    return "".join(out)
+
+
+# Letters NFKD leaves alone, and typographic marks with a plain GSM-7 twin.
+_EXTRA = {
+    "\u0141": "L", "\u0142": "l", "\u0110": "D", "\u0111": "d", "\u0153": "oe", "\u0152": "OE",
+    "\u0131": "i", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
+    "\u2014": "-", "\u2026": "...", "\u00a0": " ",
+}  # fmt: skip
+
+
 def render_sms(kind: str, context: dict[str, Any]) -> RenderedSms:
     body = _one_line(environment().get_template(f"{template_dir(kind)}/sms.txt").render(context))
+    body = gsm_friendly(body)
     if kind not in SYSTEM_SMS_KINDS and not body.endswith(OPT_OUT_LINE):
         body = f"{body} {OPT_OUT_LINE}"
     return RenderedSms(body=body)

@@ -153,3 +153,51 @@ def test_stuck_sweep_finds_messages_whose_job_was_lost(app, account, redis_clien
             assert resend_stuck(utcnow()) == {"stuck_messages": 1, "jobs": 1}
         drain(app)
     assert messages(app)["sms"].status == "delivered"
+
+
+def _dispatcher(app, **overrides):
+    from dataclasses import replace as dc_replace
+
+    from workers.messaging import dispatcher
+
+    with app.app_context():
+        base = dispatcher()
+    return dc_replace(base, counts={}, **overrides)
+
+
+def test_texts_beyond_the_time_budget_go_to_a_follow_up_job(app, account):
+    ticks = iter([0.0, 0.0, 100.0, 100.0, 100.0])  # the budget runs out after the first text
+    with time_machine.travel(NOON_NY, tick=False):
+        ids = [queue(app, account.id, channels=("sms",), enqueue=False)[0] for _ in range(3)]
+        counts = _dispatcher(app, monotonic=lambda: next(ticks, 100.0)).run(ids)
+        assert counts == {"sent": 1, "released": 2}
+        with app.extensions["paylink.db"].transaction() as session:
+            statuses = [session.get(Message, i).status for i in ids]
+            attempts = [session.get(Message, i).attempts for i in ids]
+        assert statuses == ["delivered", "queued", "queued"]
+        assert attempts == [1, 0, 0]  # a released claim was not an attempt
+        drain(app)  # the follow-up job
+    with app.extensions["paylink.db"].transaction() as session:
+        assert [session.get(Message, i).status for i in ids] == ["delivered"] * 3
+
+
+def test_a_text_is_not_sent_once_the_window_has_closed(app, account):
+    # Claimed at 20:59:59 New York time; by the time its turn comes it is 21:00.
+    claim_time = datetime(2026, 11, 24, 1, 59, 59, tzinfo=UTC)
+    times = iter([claim_time])  # the claim asks once; later asks see 21:00:01
+
+    def clock():
+        return next(times, claim_time + timedelta(seconds=2))
+
+    with time_machine.travel(claim_time, tick=False):
+        ids = queue(app, account.id, channels=("sms",), enqueue=False)
+    counts = _dispatcher(app, clock=clock).run(ids)
+    assert counts == {"released": 1}
+    with app.extensions["paylink.db"].transaction() as session:
+        assert session.get(Message, ids[0]).provider_id is None
+    with time_machine.travel(claim_time + timedelta(seconds=5), tick=False):
+        drain(app)  # the follow-up claims it again and quiet hours defer it
+    with app.extensions["paylink.db"].transaction() as session:
+        msg = session.get(Message, ids[0])
+        assert msg.status == "deferred"
+        assert msg.scheduled_for == datetime(2026, 11, 24, 13, 0, tzinfo=UTC)

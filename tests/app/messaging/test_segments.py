@@ -122,3 +122,11 @@ def test_every_standard_sms_fits_one_gsm7_segment(kind):
     assert info.segments == 1, f"{info.units} septets: {body}"
     if "{{ url }}" in (render.TEMPLATES / render.template_dir(kind) / "sms.txt").read_text():
         assert f"{BASE_URL}/p/{TOKEN}" in body  # the link is whole
+
+
+def test_accented_names_keep_a_text_in_gsm7():
+    from app.messaging.render import gsm_friendly
+
+    assert gsm_friendly("María, Zoë, Łukasz, Chloé \u2013 ok") == "Maria, Zoe, Lukasz, Chloé - ok"
+    assert segments.count(gsm_friendly("Hi Ștefan and Nguyễn")).encoding == "GSM-7"
+    assert gsm_friendly("Hi 王芳") == "Hi 王芳"  # no plain form: left as it is
