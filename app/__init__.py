@@ -152,6 +152,17 @@ def _register_blueprints(app: Flask) -> None:
         csrf.exempt(blueprint)
     for endpoint in messaging_pages.CSRF_EXEMPT:
         csrf.exempt(f"app.messaging.pages.{endpoint}")
+    _register_features(app)
+
+
+def _register_features(app: Flask) -> None:
+    """The feature packages' blueprints (imported here so app/ never imports a feature)."""
+    from links import api as links_api
+    from links import views as link_views
+
+    app.register_blueprint(links_api.bp)
+    csrf.exempt(links_api.bp)
+    app.register_blueprint(link_views.bp)
 
     @app.get("/")
     def index() -> Response:

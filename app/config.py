@@ -62,6 +62,7 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     scheduler_tick_seconds: float = 5.0
+    ach_settle_seconds: int = 300  # sandbox: how long a bank debit stays pending
     sms_per_second: float = 10.0  # per sender (from number or messaging service)
     email_per_second: float = 500.0
     twilio_account_sid: str = ""
@@ -119,6 +120,7 @@ PARSERS = {
     "max_body_bytes": _int,
     "scheduler_tick_seconds": _float,
     "sms_per_second": _float,
+    "ach_settle_seconds": _int,
     "email_per_second": _float,
 }
 

@@ -20,7 +20,13 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 # Feature packages whose models live on Base; loaded by name so app/ imports no feature.
-MODEL_MODULES = ("app.models", "links.models", "offers.models", "signing.models")
+MODEL_MODULES = (
+    "app.models",
+    "app.payments.models",
+    "links.models",
+    "offers.models",
+    "signing.models",
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

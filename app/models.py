@@ -146,6 +146,12 @@ class OrgSettings(Base):
     quiet_hours_end_minute: Mapped[int] = mapped_column(Integer, default=21 * 60)
     expiry_notice: Mapped[bool] = mapped_column(Boolean, default=True)
     first_due_horizon_days: Mapped[int] = mapped_column(Integer, default=365)
+    # Virtual collection: settlement offers shown on a payment link, as percent off the
+    # balance for paying it in full today.
+    settlement_percent_off: Mapped[list[int]] = mapped_column(JSON, default=lambda: [20])
+    # Scheduling payments from a link: how far ahead, and how many.
+    schedule_horizon_days: Mapped[int] = mapped_column(Integer, default=60)
+    max_scheduled_payments: Mapped[int] = mapped_column(Integer, default=4)
     default_timezone: Mapped[str] = mapped_column(String(64), default="America/New_York")
     creditor_name: Mapped[str] = mapped_column(String(200), default="Paylink Demo Creditor")
     creditor_phone: Mapped[str] = mapped_column(String(32), default="+18005550100")

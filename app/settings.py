@@ -100,6 +100,16 @@ def _verification_methods(value: Any) -> list[str]:
     return list(value)
 
 
+def _percent_list(value: Any) -> list[int]:
+    if not isinstance(value, list) or len(value) > 3:
+        raise FieldError("must be a list of up to 3 whole percentages, such as [20, 10]")
+    for item in value:
+        validation.integer(item, minimum=1, maximum=90)
+    if len(set(value)) != len(value):
+        raise FieldError("percentages must differ")
+    return sorted(value, reverse=True)
+
+
 def _hours(value: Any) -> int:
     return validation.integer(value, minimum=1, maximum=24 * 90)
 
@@ -117,6 +127,15 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "quiet_hours_start": ("quiet_hours_start_minute", _clock_time),
     "quiet_hours_end": ("quiet_hours_end_minute", _clock_time),
     "expiry_notice": ("expiry_notice", validation.boolean),
+    "settlement_percent_off": ("settlement_percent_off", _percent_list),
+    "schedule_horizon_days": (
+        "schedule_horizon_days",
+        lambda v: validation.integer(v, minimum=1, maximum=365),
+    ),
+    "max_scheduled_payments": (
+        "max_scheduled_payments",
+        lambda v: validation.integer(v, minimum=1, maximum=12),
+    ),
     "first_due_horizon_days": (
         "first_due_horizon_days",
         lambda v: validation.integer(v, minimum=1, maximum=3650),
