@@ -13,6 +13,8 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from app.payments.cards import luhn_valid
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -25,19 +27,9 @@ _SSN = re.compile(r"(?<![0-9A-Za-z])(?:\d{3}-\d{2}-\d{4}|\d{9})(?![0-9A-Za-z])")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        n = int(ch)
-        if i % 2:
-            n = n * 2 - 9 if n > 4 else n * 2
-        total += n
-    return total % 10 == 0
-
-
 def _mask_card(match: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", match.group(0))
-    return "[redacted]" if _luhn_ok(digits) else match.group(0)
+    return "[redacted]" if luhn_valid(digits) else match.group(0)
 
 
 def redact(text: str) -> str:
