@@ -12,12 +12,15 @@ from app.clock import utcnow
 from app.db import db_session
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import Account, Message
+from app.ratelimit import api_caller_key, api_limit, limiter
 from app.validation import Errors
 from links import service
-from links.models import PaymentLink
+from links.models import LinkStatus, PaymentLink
 from links.web import link_tokens, message_env
 
 bp = Blueprint("links_api", __name__, url_prefix="/api/v1")
+# The API's configured limit (PAYLINK_API_RATE_LIMIT), as on the rest of /api/v1.
+limiter.limit(api_limit, key_func=api_caller_key)(bp)
 CHANNELS = ("sms", "email")
 
 
@@ -61,8 +64,11 @@ def _has_address(account: Account, channel: str) -> bool:
     return bool(account.phone if channel == "sms" else account.email)
 
 
-def _load(link_id: int) -> PaymentLink:
-    link = db_session().get(PaymentLink, link_id) if link_id < 2**63 else None
+def _load(link_id: int, *, lock: bool = False) -> PaymentLink:
+    """The link, or 404. ``lock`` takes its row lock (revoke, resend) so a revoke cannot
+    cross a payment or another revoke, and two resends are serialized."""
+    session = db_session()
+    link = session.get(PaymentLink, link_id, with_for_update=lock) if link_id < 2**63 else None
     if link is None:
         raise NotFound("No link with that id.")
     return link
@@ -112,26 +118,30 @@ def create_link() -> tuple[Response, int]:
 @bp.get("/links/<int:link_id>")
 @require_api()
 def get_link(link_id: int) -> Response:
-    session = db_session()
     link = _load(link_id)
-    service.refresh_status(link, utcnow())
+    service.refresh_status(link, utcnow())  # an active link past its expiry reads expired
+    return jsonify(_link_body(link))
+
+
+def _link_body(link: PaymentLink) -> dict[str, Any]:
+    session = db_session()
     url = service.link_url(message_env(), link_tokens(), link)
     body = service.link_json(session, link, url)
     body["messages"] = [message_json(m) for m in service.link_messages(session, link)]
-    return jsonify(body)
+    return body
 
 
 @bp.post("/links/<int:link_id>/revoke")
 @require_api()
 def revoke_link(link_id: int) -> Response:
     session = db_session()
-    link = _load(link_id)
+    link = _load(link_id, lock=True)
     try:
         service.revoke_link(session, link, g.actor, utcnow())
     except service.LinkEnded as exc:
         raise Conflict(f"The link cannot be revoked: {exc}.") from None
     session.commit()
-    return jsonify(service.link_json(session, link))
+    return jsonify(_link_body(link))
 
 
 @bp.post("/links/<int:link_id>/resend")
@@ -139,7 +149,12 @@ def revoke_link(link_id: int) -> Response:
 def resend_link(link_id: int) -> tuple[Response, int]:
     data = json_body() if _has_body() else {}
     session = db_session()
-    link = _load(link_id)
+    link = _load(link_id, lock=True)
+    now = utcnow()
+    service.refresh_status(link, now)
+    if link.status != LinkStatus.active:
+        # An ended link is a conflict whatever the body asks for.
+        raise Conflict(f"The link cannot be resent: the link is {link.status}.")
     errors = Errors()
     for name in sorted(set(data) - {"channels"}):
         errors.add(name, "is not a known field")
@@ -154,7 +169,7 @@ def resend_link(link_id: int) -> tuple[Response, int]:
         raise ValidationFailed(errors.by_field)
     try:
         messages = service.resend_link(
-            session, link, channels=channels, actor=g.actor, now=utcnow(), env=message_env(),
+            session, link, channels=channels, actor=g.actor, now=now, env=message_env(),
             tokens=link_tokens(),
         )  # fmt: skip
     except service.LinkEnded as exc:

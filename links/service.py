@@ -26,6 +26,8 @@ from links.tokens import UrlTokens
 
 MAX_FAILED_VERIFICATIONS = 5
 LOCKOUT = timedelta(minutes=15)
+# Resends closer together than this are one resend (a double click).
+RESEND_WINDOW = timedelta(seconds=1)
 
 
 class LinkNotFound(Exception):
@@ -153,13 +155,31 @@ def resend_link(
     settings = get_settings(session)
     chosen = available_channels(account) if channels is None else list(dict.fromkeys(channels))
     url = link_url(env, tokens, link)
-    # Keyed by the second: a double-clicked Resend sends once.
     messages = queue_message(
         session, account, "link", chosen, message_context(link, account, settings, url),
-        now=now, env=env, dedupe_key=f"link-{link.id}-r{int(now.timestamp())}",
+        now=now, env=env, dedupe_key=_resend_key(session, link, now),
     )  # fmt: skip
     audit.record(session, actor, "link.resent", "link", link.id, now, {"channels": chosen})
     return messages
+
+
+def _resend_key(session: Session, link: PaymentLink, now: datetime) -> str:
+    """The dedupe key of this resend: a resend less than RESEND_WINDOW after the last one
+    (a double-clicked Resend, even across a second boundary) reuses that one's key, so it
+    sends nothing new. Callers hold the link's row lock, so two clicks cannot both miss."""
+    last = session.execute(
+        select(Message.dedupe_key, Message.created_at)
+        .where(
+            Message.account_id == link.account_id,
+            Message.kind == "link",
+            Message.dedupe_key.like(f"link-{link.id}-r%"),
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    ).first()
+    if last is not None and last.dedupe_key and now - last.created_at < RESEND_WINDOW:
+        return last.dedupe_key.rpartition("-")[0]  # without the channel suffix
+    return f"link-{link.id}-r{int(now.timestamp() * 1000)}"
 
 
 def revoke_link(session: Session, link: PaymentLink, actor: audit.Actor, now: datetime) -> None:
@@ -307,8 +327,9 @@ def link_json(session: Session, link: PaymentLink, url: str | None = None) -> di
 
 
 def _api_payment_status(status: str) -> str:
-    # The contract's four: pending covers scheduled and processing too.
-    return status if status in ("paid", "declined", "refunded") else "pending"
+    # The contract's four, plus cancelled (a scheduled payment that will never be charged,
+    # which "pending" would misreport); pending covers scheduled and processing too.
+    return status if status in ("paid", "declined", "refunded", "cancelled") else "pending"
 
 
 def verification_date(value: str) -> date | None:
