@@ -152,6 +152,15 @@ class OrgSettings(Base):
     # Scheduling payments from a link: how far ahead, and how many.
     schedule_horizon_days: Mapped[int] = mapped_column(Integer, default=60)
     max_scheduled_payments: Mapped[int] = mapped_column(Integer, default=4)
+    # Offers: most installments, settlement discounts (above the threshold only a
+    # supervisor may offer one), the local hour installments are charged, what happens
+    # after declines (retry after these many days, then default or cancel the plan).
+    max_installments: Mapped[int] = mapped_column(Integer, default=24)
+    settlement_max_percent_off: Mapped[int] = mapped_column(Integer, default=50)
+    settlement_supervisor_percent_off: Mapped[int] = mapped_column(Integer, default=30)
+    charge_hour: Mapped[int] = mapped_column(Integer, default=9)
+    retry_after_days: Mapped[list[int]] = mapped_column(JSON, default=lambda: [3, 7])
+    failed_plan_action: Mapped[str] = mapped_column(String(16), default="defaulted")
     default_timezone: Mapped[str] = mapped_column(String(64), default="America/New_York")
     creditor_name: Mapped[str] = mapped_column(String(200), default="Paylink Demo Creditor")
     creditor_phone: Mapped[str] = mapped_column(String(32), default="+18005550100")

@@ -110,6 +110,21 @@ def _percent_list(value: Any) -> list[int]:
     return sorted(value, reverse=True)
 
 
+def _retry_days(value: Any) -> list[int]:
+    if not isinstance(value, list) or len(value) > 5:
+        raise FieldError("must be a list of up to 5 day counts, such as [3, 7]")
+    days = [validation.integer(item, minimum=1, maximum=60) for item in value]
+    if days != sorted(set(days)):
+        raise FieldError("days must increase, each once")
+    return days
+
+
+def _failed_plan_action(value: Any) -> str:
+    if value not in ("defaulted", "cancelled"):
+        raise FieldError('must be "defaulted" or "cancelled"')
+    return value
+
+
 def _hours(value: Any) -> int:
     return validation.integer(value, minimum=1, maximum=24 * 90)
 
@@ -136,6 +151,21 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
         "max_scheduled_payments",
         lambda v: validation.integer(v, minimum=1, maximum=12),
     ),
+    "max_installments": (
+        "max_installments",
+        lambda v: validation.integer(v, minimum=1, maximum=120),
+    ),
+    "settlement_max_percent_off": (
+        "settlement_max_percent_off",
+        lambda v: validation.integer(v, minimum=1, maximum=90),
+    ),
+    "settlement_supervisor_percent_off": (
+        "settlement_supervisor_percent_off",
+        lambda v: validation.integer(v, minimum=1, maximum=90),
+    ),
+    "charge_hour": ("charge_hour", lambda v: validation.integer(v, minimum=0, maximum=23)),
+    "retry_after_days": ("retry_after_days", _retry_days),
+    "failed_plan_action": ("failed_plan_action", _failed_plan_action),
     "first_due_horizon_days": (
         "first_due_horizon_days",
         lambda v: validation.integer(v, minimum=1, maximum=3650),
