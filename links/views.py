@@ -1,7 +1,693 @@
-"""The customer's payment flow at /p/<token>."""
+"""The customer's payment flow at /p/<token> (journey 1 in product.md).
+
+Each step is a GET that shows a page and changes nothing (only the first page records the
+link's first open) and a POST that records the step and redirects to the next open step.
+The flow's state lives in the session under the link's token id, so it cannot be carried
+to another link; the database decides on every request whether the link still works.
+
+Confirm runs in two transactions around the gateway call (``links.checkout``): the
+payment row is committed first, keyed by a nonce made when the review page was shown, so a
+double tap or a second concurrent POST finds it and never charges again.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask import session as cookie_session
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import TooManyRequests
+from wtforms.fields.choices import SelectChoice
+
+from app.clock import utcnow
+from app.db import db_session
+from app.messaging.render import money
+from app.models import Account, OrgSettings
+from app.payments import cards
+from app.payments import service as payments
+from app.payments.models import MethodKind, Payment, PaymentMethod, PaymentStatus
+from app.ratelimit import limiter
+from app.settings import get_settings
+from links import checkout, forms, service
+from links.checkout import Step
+from links.models import LinkStatus, PaymentLink
+from links.web import gateway, link_tokens, message_env
 
 bp = Blueprint("pay", __name__)
+
+# Per client address. Tokens cannot be guessed, so these only slow down abuse.
+OPEN_LIMIT = "120 per minute"
+VERIFY_LIMIT = "20 per 15 minutes"
+# Per link: Email receipt sends a real email each time.
+RECEIPT_LIMIT = "5 per 10 minutes"
+STATE_KEY = "pay"
+MAX_LINKS_IN_SESSION = 3
+
+ENDPOINTS = {
+    Step.start: ".start",
+    Step.verify: ".verify",
+    Step.offer: ".offer",
+    Step.amount: ".amount",
+    Step.method: ".method",
+    Step.schedule: ".schedule",
+    Step.review: ".review",
+}
+
+
+@bp.after_request
+def _private(response: Response) -> Response:
+    # The token in the URL is the key to the page: no caching, no Referer, no framing.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+@bp.context_processor
+def _helpers() -> dict[str, object]:
+    return {"money": money, "phone_text": phone_text}
+
+
+def phone_text(e164: str | None) -> str:
+    """``+18005550100`` → ``(800) 555-0100``; anything unparsable as it is."""
+    try:
+        number = phonenumbers.parse(e164 or "", "US")
+    except phonenumbers.NumberParseException:
+        return e164 or ""
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+
+
+# --- loading the link and the flow state ----------------------------------------------------
+
+
+@dataclass
+class Page:
+    token: str
+    link: PaymentLink
+    account: Account
+    settings: OrgSettings
+    flow: checkout.Flow
+    state: checkout.FlowState
+    now: datetime
+
+    def url(self, step: Step) -> str:
+        return url_for(ENDPOINTS[step], token=self.token)
+
+    def next_url(self) -> str:
+        return self.url(checkout.first_open_step(self.flow, self.state))
+
+    def save(self) -> None:
+        store = dict(cookie_session.get(STATE_KEY) or {})
+        if self.link.token_id not in store and len(store) >= MAX_LINKS_IN_SESSION:
+            store = {}
+        store[self.link.token_id] = self.state.dump()
+        cookie_session[STATE_KEY] = store
+
+    def forget(self) -> None:
+        store = dict(cookie_session.get(STATE_KEY) or {})
+        if store.pop(self.link.token_id, None) is not None:
+            cookie_session[STATE_KEY] = store
+
+    def context(self, step: Step | None = None, **extra: object) -> dict[str, object]:
+        number, total = checkout.progress(self.flow, self.state, step) if step else (0, 0)
+        steps = self.flow.steps(self.state)
+        back = None
+        if step in steps and steps.index(step) > 0:
+            back = self.url(steps[steps.index(step) - 1])
+        return {
+            "page": self,
+            "token": self.token,
+            "creditor": self.settings,
+            "account": self.account,
+            "account_ref": checkout.account_ref(self.account),
+            "flow": self.flow,
+            "state": self.state,
+            "currency": self.account.currency,
+            "step_number": number,
+            "step_total": total,
+            "back_url": back,
+            **extra,
+        }
+
+
+def _load(token: str, *, allow_used: bool = False) -> Page:
+    """The link of ``token`` and this session's state for it. LinkNotFound (404) for a token
+    that does not verify, LinkGone (410) for an expired or revoked link, LinkUsed (the
+    receipt) for a paid one unless ``allow_used``."""
+    session = db_session()
+    link = service.find_link(session, link_tokens(), token)
+    now = utcnow()
+    service.refresh_status(link, now)
+    if link.status in (LinkStatus.expired, LinkStatus.revoked):
+        raise service.LinkGone(link, link.status)
+    if link.status == LinkStatus.used and not allow_used:
+        raise checkout.LinkUsed
+    account = link.account
+    settings = get_settings(session)
+    flow = checkout.build_flow(link, account, settings)
+    stored = (cookie_session.get(STATE_KEY) or {}).get(link.token_id)
+    state = checkout.FlowState.load(stored, link.id)
+    checkout.reconcile(flow, state)
+    return Page(token, link, account, settings, flow, state, now)
+
+
+def _enter(token: str, step: Step) -> Page:
+    """Load the page of ``step``, or answer with a redirect to the first step not done."""
+    page = _load(token)
+    if page.flow.due_cents <= 0:
+        abort(Response(render_template("pay/nothing_due.html", **page.context()), 200))
+    if not checkout.may_enter(page.flow, page.state, step):
+        abort(redirect(page.next_url()))
+    return page
+
+
+def _advance(page: Page) -> Response:
+    page.save()
+    return redirect(page.next_url())
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
+
+
+def _local(instant: datetime, page: Page) -> str:
+    return service.local_text(instant, page.flow.timezone)
+
+
+# --- pages that end the flow ----------------------------------------------------------------
+
+
+@bp.errorhandler(service.LinkNotFound)
+def _not_found(_exc: service.LinkNotFound) -> tuple[str, int]:
+    creditor = get_settings(db_session())
+    return render_template("pay/not_found.html", creditor=creditor), 404
+
+
+@bp.errorhandler(service.LinkGone)
+def _gone(exc: service.LinkGone) -> tuple[str, int]:
+    creditor = get_settings(db_session())
+    return render_template("pay/gone.html", creditor=creditor, status=exc.status), 410
+
+
+@bp.errorhandler(checkout.LinkUsed)
+def _used(_exc: checkout.LinkUsed) -> Response:
+    token = (request.view_args or {}).get("token", "")
+    return redirect(url_for(".start", token=token))
+
+
+@bp.errorhandler(service.LinkLocked)
+def _locked_error(exc: service.LinkLocked) -> tuple[str, int, dict[str, str]]:
+    token = (request.view_args or {}).get("token", "")
+    return _locked(_load(token), exc.until)
+
+
+def _locked(page: Page, until: datetime) -> tuple[str, int, dict[str, str]]:
+    seconds = max(1, int((until - page.now).total_seconds()))
+    html = render_template("pay/locked.html", until_text=_local(until, page), **page.context())
+    return html, 429, {"Retry-After": str(seconds)}
+
+
+@bp.errorhandler(TooManyRequests)
+def _too_many(exc: TooManyRequests) -> tuple[str, int]:
+    creditor = get_settings(db_session())
+    return render_template("pay/too_many.html", creditor=creditor), 429
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_failed(_exc: CSRFError) -> tuple[str, int]:
+    creditor = get_settings(db_session())
+    return render_template("pay/expired_form.html", creditor=creditor, again=request.path), 400
+
+
+def _receipt(page: Page) -> str:
+    session = db_session()
+    items = checkout.receipt_payments(session, page.link)
+    emailable = checkout.emailable_payment(items)
+    can_email = (
+        emailable is not None
+        and bool(page.account.email)
+        and page.account.email_opted_out_at is None
+    )
+    rows = [_receipt_row(p, page) for p in items]
+    return render_template(
+        "pay/receipt.html",
+        rows=rows,
+        method=items[0].method.label if items else None,
+        total=sum(p.amount_cents for p in items),
+        email_form=forms.ButtonForm() if can_email else None,
+        masked_email=checkout.mask_email(page.account.email),
+        **page.context(),
+    )
+
+
+STATUS_LABELS = {
+    PaymentStatus.paid: "Paid",
+    PaymentStatus.pending: "Pending",
+    PaymentStatus.processing: "Processing",
+    PaymentStatus.scheduled: "Scheduled",
+    PaymentStatus.declined: "Declined",
+    PaymentStatus.cancelled: "Cancelled",
+    PaymentStatus.refunded: "Refunded",
+}
+
+
+def _receipt_row(payment: Payment, page: Page) -> dict[str, object]:
+    if payment.status == PaymentStatus.scheduled and payment.scheduled_for is not None:
+        local = payment.scheduled_for.astimezone(ZoneInfo(page.flow.timezone))
+        when = f"{local:%b} {local.day}, {local.year}"
+    else:
+        when = _local(payment.paid_at or payment.created_at, page)
+    return {
+        "receipt_number": payment.receipt_number,
+        "amount_cents": payment.amount_cents,
+        "when": when,
+        "status": STATUS_LABELS[PaymentStatus(payment.status)],
+        "pending": payment.status == PaymentStatus.pending,
+    }
+
+
+# --- 1. the first page: who we think you are, what is due -------------------------------
+
+
+@bp.get("/p/<token>")
+@limiter.limit(OPEN_LIMIT)
+def start(token: str) -> str | Response:
+    page = _load(token, allow_used=True)
+    if page.link.status == LinkStatus.used:
+        return _receipt(page)
+    session = db_session()
+    service.open_link(session, page.link, page.now)
+    session.commit()
+    if page.flow.due_cents <= 0:
+        return render_template("pay/nothing_due.html", **page.context())
+    return render_template(
+        "pay/start.html",
+        form=forms.ButtonForm(),
+        first_name=checkout.greeting_name(page.account),
+        phone=checkout.mask_phone(page.account.phone),
+        email=checkout.mask_email(page.account.email),
+        expires_text=_local(page.link.expires_at, page),
+        **page.context(Step.start),
+    )
+
+
+@bp.post("/p/<token>")
+def start_next(token: str) -> Response:
+    page = _enter(token, Step.start)
+    if forms.ButtonForm().validate_on_submit():
+        page.state.reviewed = True
+    return _advance(page)
+
+
+# --- 2. verification ------------------------------------------------------------------------
+
+
+@bp.route("/p/<token>/verify", methods=["GET", "POST"])
+@limiter.limit(VERIFY_LIMIT, methods=["POST"])
+def verify(token: str) -> str | Response | tuple[str, int, dict[str, str]]:
+    page = _enter(token, Step.verify)
+    link, now = page.link, page.now
+    if link.locked_until is not None and link.locked_until > now:
+        return _locked(page, link.locked_until)
+    methods = page.flow.verify_methods
+    asked = request.form.get("method") or request.args.get("method")
+    method = asked if asked in methods else methods[0]
+    form = forms.VerifyForm()
+    form.method.data = method
+    field = getattr(form, method)
+    if form.validate_on_submit():
+        session = db_session()
+        try:
+            ok = checkout.verify_contact(session, link, method, field.data, now)
+        except checkout.InputError as exc:
+            field.errors.append(str(exc))
+        except service.LinkLocked as exc:
+            session.commit()
+            return _locked(page, exc.until)
+        else:
+            session.commit()
+            if ok:
+                page.state.verified = True
+                return _advance(page)
+            left = service.MAX_FAILED_VERIFICATIONS - link.failed_verifications
+            field.errors.append(
+                f"That does not match our records. You can try {left} more "
+                f"time{'s' if left != 1 else ''}."
+            )
+    if method == "ssn_last4":
+        field.data = ""  # not echoed back
+    others = [(m, checkout.VERIFICATION_LABELS[m]) for m in methods if m != method]
+    return render_template(
+        "pay/verify.html", form=form, field=field, method=method, others=others,
+        **page.context(Step.verify),
+    )  # fmt: skip
+
+
+# --- 3. settlement offers -------------------------------------------------------------------
+
+
+def _offer_form(page: Page) -> forms.OfferForm:
+    form = forms.OfferForm()
+    form.offer.choices = [
+        SelectChoice(
+            str(o.percent),
+            f"Pay {money(o.amount_cents, page.flow.currency)} today ({o.percent}% off)",
+        )
+        for o in page.flow.offers
+    ]
+    return form
+
+
+@bp.route("/p/<token>/offer", methods=["GET", "POST"])
+def offer(token: str) -> str | Response:
+    page = _enter(token, Step.offer)
+    form = _offer_form(page)
+    if request.method == "GET" and page.state.offer:
+        form.offer.data = str(page.state.offer)
+    if form.validate_on_submit():
+        page.state.choose_offer(int(form.offer.data or 0))
+        return _advance(page)
+    return render_template(
+        "pay/offer.html", form=form, skip_form=forms.ButtonForm(prefix="skip"),
+        **page.context(Step.offer),
+    )  # fmt: skip
+
+
+@bp.post("/p/<token>/offer/skip")
+def skip_offer(token: str) -> Response:
+    page = _enter(token, Step.offer)
+    if page.flow.can_skip_offer and forms.ButtonForm(prefix="skip").validate_on_submit():
+        page.state.choose_offer(0)
+        return _advance(page)
+    # Skip is not offered: the customer chooses one of the offers.
+    return redirect(page.url(Step.offer))
+
+
+# --- 4. amount ------------------------------------------------------------------------------
+
+
+def _dollars(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+@bp.route("/p/<token>/amount", methods=["GET", "POST"])
+def amount(token: str) -> str | Response:
+    page = _enter(token, Step.amount)
+    settlement = page.flow.settlement(page.state)
+    form = forms.AmountForm()
+    if request.method == "GET":
+        suggested = (
+            settlement.amount_cents
+            if settlement
+            else (page.state.amount_cents or page.flow.due_cents)
+        )
+        form.amount.data = _dollars(suggested)
+    if form.validate_on_submit():
+        try:
+            cents = checkout.parse_amount(form.amount.data)
+            checkout.check_amount(cents, page.flow, settlement)
+        except checkout.InputError as exc:
+            form.amount.errors.append(str(exc))
+        else:
+            page.state.choose_amount(cents)
+            return _advance(page)
+    return render_template(
+        "pay/amount.html", form=form, settlement=settlement, **page.context(Step.amount)
+    )
+
+
+# --- 5. payment method ----------------------------------------------------------------------
+
+
+def _current_method(page: Page) -> PaymentMethod | None:
+    if page.state.method_id is None:
+        return None
+    method = db_session().get(PaymentMethod, page.state.method_id)
+    if method is None or method.account_id != page.account.id:
+        page.state.method_id = None
+        return None
+    return method
+
+
+@bp.route("/p/<token>/method", methods=["GET", "POST"])
+def method(token: str) -> str | Response:
+    page = _enter(token, Step.method)
+    current = _current_method(page)
+    asked = request.form.get("kind") or request.args.get("kind")
+    kind = asked if asked in ("card", "bank") else (current.kind if current else "card")
+    form: forms.CardForm | forms.BankForm = (
+        forms.CardForm() if kind == MethodKind.card else forms.BankForm()
+    )
+    hint = None
+    if form.validate_on_submit():
+        session = db_session()
+        try:
+            saved = _save_method(page, form)
+        except cards.InvalidPaymentDetail as exc:
+            session.rollback()
+            getattr(form, getattr(exc, "field", "number")).errors.append(_sentence(str(exc)))
+        else:
+            session.commit()
+            page.state.choose_method(saved.id)
+            return _advance(page)
+    if request.method == "POST":
+        secret = form.number.data if isinstance(form, forms.CardForm) else form.account_number.data
+        digits = "".join(ch for ch in (secret or "") if ch.isdigit())
+        hint = digits[-4:] if len(digits) >= 4 else None
+        for name in form.SECRET_FIELDS:
+            getattr(form, name).data = ""
+            getattr(form, name).raw_data = []
+    return render_template(
+        "pay/method.html",
+        form=form,
+        kind=kind,
+        hint=hint,
+        current=current,
+        notice=page.state.notice,
+        amount_cents=page.state.amount_cents,
+        **page.context(Step.method),
+    )
+
+
+def _save_method(page: Page, form: forms.CardForm | forms.BankForm) -> PaymentMethod:
+    """Tokenize at once: the number goes to the gateway and is then forgotten."""
+    session = db_session()
+    if isinstance(form, forms.CardForm):
+        card = payments.CardInput(
+            name=(form.name.data or "").strip(),
+            number=form.number.data or "",
+            expiry=form.expiry.data or "",
+            security_code=form.security_code.data or "",
+            zip=(form.zip.data or "").strip()[:10],
+        )
+        return payments.add_card(
+            session, page.account, gateway(), card, page.flow.today(page.now), page.now
+        )
+    bank = payments.BankInput(
+        holder_name=(form.holder_name.data or "").strip(),
+        routing_number=form.routing_number.data or "",
+        account_number=form.account_number.data or "",
+        account_type=form.account_type.data or "",
+    )
+    return payments.add_bank_account(session, page.account, gateway(), bank, page.now)
+
+
+# --- 6. scheduling --------------------------------------------------------------------------
+
+
+@bp.route("/p/<token>/schedule", methods=["GET", "POST"])
+def schedule(token: str) -> str | Response:
+    page = _enter(token, Step.schedule)
+    flow, state = page.flow, page.state
+    form = forms.schedule_form(flow.max_payments)
+    if request.method == "GET":
+        form.when.data = state.when or "now"
+        for n, (day, cents) in enumerate(state.schedule, start=1):
+            if n <= flow.max_payments:
+                form[f"date_{n}"].data = day
+                form[f"amount_{n}"].data = _dollars(cents)
+    problem = None
+    if form.validate_on_submit():
+        if form.when.data == "now":
+            state.choose_schedule("now", [])
+            return _advance(page)
+        rows = [
+            (form[f"date_{n}"].data, form[f"amount_{n}"].data)
+            for n in range(1, flow.max_payments + 1)
+        ]
+        try:
+            planned = checkout.check_schedule(rows, state.amount_cents or 0, flow, page.now)
+        except checkout.ScheduleError as exc:
+            for name, message in exc.fields.items():
+                form[name].errors.append(message)
+            problem = exc.message
+        else:
+            state.choose_schedule("later", planned)
+            return _advance(page)
+    first, last = checkout.schedule_bounds(flow, page.now)
+    return render_template(
+        "pay/schedule.html", form=form, problem=problem, first=first, last=last,
+        rows=range(1, flow.max_payments + 1), amount_cents=state.amount_cents,
+        **page.context(Step.schedule),
+    )  # fmt: skip
+
+
+# --- 7. review, Confirm and the payment agreement -------------------------------------------
+
+
+@bp.route("/p/<token>/review", methods=["GET", "POST"])
+def review(token: str) -> str | Response | tuple[str, int]:
+    page = _enter(token, Step.review)
+    state = page.state
+    method = _current_method(page)
+    if method is None:
+        return _advance(page)
+    try:
+        plan = checkout.plan_for(page.flow, state, page.now)
+    except checkout.InputError as exc:
+        flash(str(exc), "error")
+        state.when, state.schedule = None, []
+        return _advance(page)
+    if state.nonce:
+        earlier = checkout.attempt_payments(db_session(), page.link, state.nonce)
+        if earlier and request.method == "GET":
+            return _after_attempt(page, earlier, method)
+    else:
+        if request.method == "POST":
+            # Confirm without the review page in this session: show the page first.
+            return _advance(page)
+        state.nonce = checkout.new_nonce()
+        page.save()
+    settlement = page.flow.settlement(state)
+    text = checkout.agreement_text(
+        customer_name=page.account.name, account_ref=checkout.account_ref(page.account),
+        settings=page.settings, method=method, plan=plan, settlement=settlement,
+        currency=page.flow.currency, today=page.flow.today(page.now),
+    )  # fmt: skip
+    digest = checkout.text_sha256(text)
+    form = forms.ReviewForm()
+    problem = None
+    if request.method == "GET":
+        form.agreement_sha256.data = digest
+    elif form.validate_on_submit():
+        if form.agreement_sha256.data != digest:
+            problem = "Some details changed since you opened this page. Please read them again."
+            form.agreement_sha256.data = digest
+        else:
+            return _confirm(page, method, plan, text)
+    return render_template(
+        "pay/review.html", form=form, plan=plan, method=method, settlement=settlement,
+        agreement=text, problem=problem, total=sum(i.amount_cents for i in plan),
+        **page.context(Step.review),
+    )  # fmt: skip
+
+
+def _confirm(
+    page: Page, method: PaymentMethod, plan: list[checkout.Installment], text: str
+) -> str | Response | tuple[str, int]:
+    """Charge once per nonce: commit the payment rows, call the gateway outside any
+    transaction, commit its answer (see links.checkout)."""
+    session = db_session()
+    state = page.state
+    assert state.nonce is not None
+    link = page.link
+    session.refresh(link, with_for_update=True)
+    try:
+        attempt = checkout.start_payment(
+            session, link, method, plan, nonce=state.nonce, text=text, ip=request.remote_addr,
+            user_agent=request.user_agent.string, now=page.now, timezone=page.flow.timezone,
+        )  # fmt: skip
+    except checkout.LinkUsed:
+        session.rollback()
+        return redirect(page.url(Step.start))
+    session.commit()
+    settlement = page.flow.settlement(state)
+    for payment in attempt.payments:
+        if checkout.needs_charge(payment, utcnow(), created=attempt.created):
+            # No database work between the commit above and this call: it may take seconds.
+            result = payments.call_gateway(gateway(), payment, method, utcnow())
+            checkout.finish_payment(
+                session, link, payment, result, settlement=settlement, env=message_env(),
+                now=utcnow(),
+            )  # fmt: skip
+            session.commit()
+    return _after_attempt(page, attempt.payments, method)
+
+
+def _after_attempt(
+    page: Page, attempt: list[Payment], method: PaymentMethod
+) -> str | Response | tuple[str, int]:
+    result = checkout.outcome(attempt)
+    if result == "done":
+        page.forget()
+        return redirect(page.url(Step.start))
+    if result == "declined":
+        declined = next(p for p in attempt if p.status == PaymentStatus.declined)
+        reason = declined.decline_message or "The payment was declined."
+        other = (
+            "another card or a bank account"
+            if method.kind == MethodKind.card
+            else ("another bank account or a card")
+        )
+        page.state.declined(f"{_sentence(reason)} Please try {other}.")
+        return _advance(page)
+    return render_template("pay/processing.html", **page.context()), 202
+
+
+# --- 8. the receipt -------------------------------------------------------------------------
+
+
+@bp.get("/p/<token>/print")
+def print_receipt(token: str) -> str | Response:
+    page = _load(token, allow_used=True)
+    if page.link.status != LinkStatus.used:
+        return redirect(page.url(Step.start))
+    items = checkout.receipt_payments(db_session(), page.link)
+    return render_template(
+        "pay/print.html",
+        rows=[_receipt_row(p, page) for p in items],
+        method=items[0].method.label if items else None,
+        total=sum(p.amount_cents for p in items),
+        **page.context(),
+    )
+
+
+def _receipt_key() -> str:
+    token = (request.view_args or {}).get("token", "")
+    return "pay-receipt:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+@bp.post("/p/<token>/receipt/email")
+@limiter.limit(RECEIPT_LIMIT, key_func=_receipt_key)
+def email_receipt(token: str) -> Response:
+    page = _load(token, allow_used=True)
+    if page.link.status != LinkStatus.used or not forms.ButtonForm().validate_on_submit():
+        return redirect(page.url(Step.start))
+    session = db_session()
+    payment = checkout.emailable_payment(checkout.receipt_payments(session, page.link))
+    address = checkout.mask_email(page.account.email)
+    if payment is None or address is None or page.account.email_opted_out_at is not None:
+        flash("We cannot email this receipt. Please use Print receipt instead.", "error")
+        return redirect(page.url(Step.start))
+    sent = checkout.email_receipt_again(session, payment, message_env(), page.now)
+    session.commit()
+    if sent:
+        flash(f"We are emailing a copy of your receipt to {address}.", "info")
+    else:
+        flash(f"We have already emailed several copies of this receipt to {address}.", "info")
+    return redirect(page.url(Step.start))
