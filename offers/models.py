@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     Date,
@@ -134,6 +136,26 @@ class OfferReminder(Base):
     decision: Mapped[str | None] = mapped_column(Text)  # why it went when it did, or not
 
     offer: Mapped[Offer] = relationship(back_populates="reminders")
+
+
+class OfferEvent(Base):
+    """One step of an offer's life, from sending to signing, as its agreement's audit
+    trail shows it. Append-only; each row's ``hash`` covers the previous row's (see
+    offers.chain), so a changed or removed row shows."""
+
+    __tablename__ = "offer_event"
+    __table_args__ = (UniqueConstraint("offer_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    offer_id: Mapped[int] = mapped_column(ForeignKey("offer.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(40))
+    at: Mapped[str] = mapped_column(String(40))  # ISO 8601 UTC with Z, exactly as hashed
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(400))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class PaymentPlan(Base):

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
     CheckConstraint,
     ForeignKey,
-    Integer,
     LargeBinary,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,25 +42,6 @@ class Agreement(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     document_key: Mapped[str | None] = mapped_column(String(200))
     rendered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-
-class AgreementEvent(Base):
-    """One step of an offer's signing trail. Append-only; each row's ``hash`` covers the
-    previous row's (see signing.chain), so a changed or removed row shows."""
-
-    __tablename__ = "agreement_event"
-    __table_args__ = (UniqueConstraint("offer_id", "seq"),)
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    offer_id: Mapped[int] = mapped_column(ForeignKey("offer.id"), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
-    type: Mapped[str] = mapped_column(String(40))
-    at: Mapped[str] = mapped_column(String(40))  # ISO 8601 as hashed, UTC with Z
-    ip: Mapped[str | None] = mapped_column(String(45))
-    user_agent: Mapped[str | None] = mapped_column(String(400))
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
 
 
 class StoredDocument(Base):

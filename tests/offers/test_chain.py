@@ -16,7 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from signing.chain import (
+from offers.chain import (
     BROKEN_LINK,
     EVENT_FIELDS,
     GENESIS,
