@@ -158,10 +158,13 @@ def _register_blueprints(app: Flask) -> None:
 def _register_features(app: Flask) -> None:
     """The feature packages' blueprints (imported here so app/ never imports a feature)."""
     from links import api as links_api
+    from offers import api as offers_api
     from links import views as link_views
 
     app.register_blueprint(links_api.bp)
     csrf.exempt(links_api.bp)
+    app.register_blueprint(offers_api.bp)
+    csrf.exempt(offers_api.bp)
     app.register_blueprint(link_views.bp)
 
     @app.get("/")
