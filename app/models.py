@@ -232,6 +232,9 @@ class Message(Base):
     subject: Mapped[str | None] = mapped_column(String(300))
     body: Mapped[str] = mapped_column(Text, default="")  # SMS text, or the email's text part
     html: Mapped[str | None] = mapped_column(Text)
+    # Files sent with an email: [{"filename", "content_type", "key"}], the content kept in
+    # document storage under "key" and loaded when the email is sent.
+    attachments: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=MessageStatus.queued.value)
     status_reason: Mapped[str | None] = mapped_column(String(200))
     provider_id: Mapped[str | None] = mapped_column(String(100), unique=True)

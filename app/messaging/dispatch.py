@@ -21,6 +21,7 @@ from app import audit
 from app.db import Database
 from app.messaging import compliance
 from app.messaging.backends.base import (
+    Attachment,
     EmailBackend,
     OutgoingEmail,
     OutgoingSms,
@@ -55,6 +56,8 @@ class Dispatcher:
     email_per_second: float
     clock: Callable[[], datetime]
     status_callback: str | None = None
+    # Loads an attachment's bytes by its storage key (set where storage is known).
+    load_attachment: Callable[[str], bytes] | None = None
     # Seconds a job may spend sending texts before handing the rest to another job;
     # well inside SEND_TIMEOUT and LEASE.
     time_budget: float = 40.0
@@ -229,26 +232,38 @@ class Dispatcher:
             return SendResult(message.id, error=SendError(True, "exception", type(exc).__name__))
 
     def _send_emails(self, messages: list[Message]) -> list[SendResult]:
-        emails = [
-            OutgoingEmail(
-                message_id=m.id,
-                kind=m.kind,
-                to=m.recipient or "",
-                subject=m.subject or "",
-                text=m.body,
-                html=m.html or "",
-                headers=self._email_headers(m),
-            )
-            for m in messages
-        ]
         try:
+            emails = [
+                OutgoingEmail(
+                    message_id=m.id,
+                    kind=m.kind,
+                    to=m.recipient or "",
+                    subject=m.subject or "",
+                    text=m.body,
+                    html=m.html or "",
+                    headers=self._email_headers(m),
+                    attachments=self._attachments(m),
+                )
+                for m in messages
+            ]
             return self.email.send_batch(emails)
         except Exception as exc:
-            log.exception("email backend raised for %d messages", len(emails))
+            # A backend bug or a missing attachment must not lose the claims: retry later.
+            log.exception("sending %d emails failed before the provider answered", len(messages))
             return [
-                SendResult(e.message_id, error=SendError(True, "exception", type(exc).__name__))
-                for e in emails
+                SendResult(m.id, error=SendError(True, "exception", type(exc).__name__))
+                for m in messages
             ]
+
+    def _attachments(self, message: Message) -> tuple[Attachment, ...]:
+        if not message.attachments:
+            return ()
+        if self.load_attachment is None:
+            raise RuntimeError("this dispatcher cannot load attachments")
+        return tuple(
+            Attachment(a["filename"], a["content_type"], self.load_attachment(a["key"]))
+            for a in message.attachments
+        )
 
     def _email_headers(self, message: Message) -> dict[str, str]:
         url = self.env.unsubscribe_url(message.id)

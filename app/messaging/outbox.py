@@ -110,6 +110,7 @@ def queue_message(
     dedupe_key: str | None = None,
     not_before: datetime | None = None,
     enqueue: bool = True,
+    attachments: list[dict[str, str]] | None = None,
 ) -> list[Message]:
     """Write one message per channel, rendered now, and send each after commit.
 
@@ -150,6 +151,7 @@ def queue_message(
             full["unsubscribe_url"] = env.unsubscribe_url(message.id)
             email = render.render_email(kind, full)
             message.subject, message.body, message.html = email.subject, email.text, email.html
+            message.attachments = attachments or None
         record_event(session, message, "queued", now, kind=kind)
         messages.append(message)
         if enqueue:
