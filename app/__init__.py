@@ -159,6 +159,7 @@ def _register_features(app: Flask) -> None:
     """The feature packages' blueprints (imported here so app/ never imports a feature)."""
     from links import api as links_api
     from offers import api as offers_api
+    from links import lookup_views
     from links import views as link_views
 
     app.register_blueprint(links_api.bp)
@@ -166,6 +167,7 @@ def _register_features(app: Flask) -> None:
     app.register_blueprint(offers_api.bp)
     csrf.exempt(offers_api.bp)
     app.register_blueprint(link_views.bp)
+    app.register_blueprint(lookup_views.bp)
 
     @app.get("/")
     def index() -> Response:

@@ -1,0 +1,276 @@
+"""Payment-link and payment jobs, and the sweep duties that find their due work.
+
+Duties (``(now) -> counts``, listed in workers/schedule.py) read only due rows through the
+partial indexes, in batches, and are safe to run concurrently: rows they change are taken
+with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serializes writers), and jobs get
+deterministic ids. Jobs re-check state under a row lock before acting.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import ColumnElement, literal_column, select, tuple_
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.clock import utcnow
+from app.db import Database
+from app.models import Account
+from app.payments import service as payments
+from app.payments.gateway import PENDING
+from app.payments.models import Payment, PaymentStatus
+from app.queue import PAYMENTS, JobQueue, JobSpec, job_id
+from links import lookup, receipts
+from links.models import LinkStatus, PaymentLink
+from links.service import link_url
+from links.web import gateway, link_tokens, message_env
+from workers.runtime import paylink_job
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # rows per transaction
+MAX_ROWS = 50_000  # per duty run: a backlog larger than this is left for the next run
+CHARGE_JOB = "workers.links.charge_payment"
+CHARGE_TIMEOUT = 120  # one gateway call, with room for a slow gateway
+SWEEPER = audit.Actor.system("sweep")
+
+
+def _db() -> Database:
+    return current_app.extensions["paylink.db"]
+
+
+def _queue() -> JobQueue:
+    return current_app.extensions["paylink.queue"]
+
+
+def _status_is(column: Any, value: str) -> ColumnElement[bool]:
+    # A literal, not a bound parameter, so the planner matches it to the partial index's
+    # WHERE (SQLite uses a partial index only for a term it can prove at prepare time).
+    return column == literal_column(f"'{value}'")
+
+
+# --- expiry -------------------------------------------------------------------------------
+
+
+def expire_links(now: datetime) -> dict[str, int]:
+    """Sweep duty: active links past their expiry become expired, an audit event each.
+
+    Idempotent: only active rows are taken, under SKIP LOCKED, and each batch commits."""
+    expired = 0
+    while expired < MAX_ROWS:
+        with _db().transaction() as session:
+            links = session.scalars(
+                select(PaymentLink)
+                .where(_status_is(PaymentLink.status, "active"), PaymentLink.expires_at <= now)
+                .order_by(PaymentLink.expires_at, PaymentLink.id)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for link in links:
+                link.status = LinkStatus.expired.value
+                audit.record(
+                    session, SWEEPER, "link.expired", "link", link.id, now,
+                    {"expires_at": link.expires_at.isoformat()},
+                )  # fmt: skip
+        expired += len(links)
+        if len(links) < BATCH:
+            break
+    return {"expired": expired}
+
+
+# --- scheduled payments -------------------------------------------------------------------
+
+
+def charge_job(payment_id: int) -> JobSpec:
+    """The one job that charges a payment: the id is the payment's, so it is enqueued once."""
+    return JobSpec(
+        CHARGE_JOB, (payment_id,), job_id=job_id("charge-payment", payment_id), queue=PAYMENTS,
+        timeout=CHARGE_TIMEOUT, unique=True,
+    )  # fmt: skip
+
+
+def charge_scheduled_payments(now: datetime) -> dict[str, int]:
+    """Sweep duty: one ``charge_payment`` job per scheduled payment that is due.
+
+    Changes no row; the deterministic job id makes a second sweep's enqueue a no-op."""
+    due = enqueued = 0
+    after: tuple[datetime, int] | None = None
+    while due < MAX_ROWS:
+        with _db().transaction() as session:
+            stmt = (
+                select(Payment.id, Payment.scheduled_for)
+                .where(_status_is(Payment.status, "scheduled"), Payment.scheduled_for <= now)
+                .order_by(Payment.scheduled_for, Payment.id)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            if after is not None:
+                stmt = stmt.where(tuple_(Payment.scheduled_for, Payment.id) > after)
+            rows = session.execute(stmt).all()
+        # Committed: a concurrent sweep skipped these rows while they were locked, and one
+        # that reads them now finds their jobs already there (the id refuses a second).
+        for row in rows:
+            if _queue().enqueue(charge_job(row.id)) is not None:
+                enqueued += 1
+        due += len(rows)
+        if len(rows) < BATCH:
+            break
+        after = (rows[-1].scheduled_for, rows[-1].id)
+    return {"due": due, "enqueued": enqueued}
+
+
+@paylink_job
+def charge_payment(payment_id: int) -> dict[str, str]:
+    """Charge one due scheduled payment and record the answer, with its receipt or notice.
+
+    Re-checks under the row lock (still scheduled? link not revoked?) and moves the payment
+    to processing in its own commit before the gateway call; the payment's idempotency key
+    makes a repeated call (a job run twice, a retry after a crash) one charge, and only the
+    run that records the answer sends the customer anything."""
+    now = utcnow()
+    with _db().transaction() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        if payment is None:
+            return {"outcome": "missing"}
+        if payment.status == PaymentStatus.scheduled:
+            if payment.scheduled_for is not None and payment.scheduled_for > now:
+                return {"outcome": "not_due"}
+            reason = _reason_not_to_charge(session, payment)
+            if reason is not None:
+                payments.transition(payment, PaymentStatus.cancelled, now)
+                audit.record(
+                    session, SWEEPER, "payment.cancelled", "payment", payment.id, now,
+                    {"reason": reason, "link_id": payment.link_id},
+                )  # fmt: skip
+                return {"outcome": "cancelled", "reason": reason}
+            payments.transition(payment, PaymentStatus.processing, now)
+        elif payment.status != PaymentStatus.processing:
+            return {"outcome": payment.status}  # charged (or cancelled) already
+        method = payment.method
+    # Committed: a crash from here on leaves a processing payment its retry charges again
+    # under the same key, which the gateway answers with the first result.
+    result = payments.call_gateway(gateway(), payment, method, now)
+    with _db().transaction() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        assert payment is not None
+        if payment.status != PaymentStatus.processing:
+            return {"outcome": payment.status}  # another run recorded it first
+        payments.finish_charge(session, payment, result, now)
+        audit.record(
+            session, SWEEPER, f"payment.{payment.status}", "payment", payment.id, now,
+            {"link_id": payment.link_id, "amount_cents": payment.amount_cents,
+             "decline_code": payment.decline_code},
+        )  # fmt: skip
+        _notify(session, payment, now)
+        return {"outcome": payment.status}
+
+
+def _reason_not_to_charge(session: Session, payment: Payment) -> str | None:
+    """Why a due scheduled payment must not be charged, if it must not."""
+    if payment.link_id is not None:
+        link = session.get(PaymentLink, payment.link_id)
+        if link is not None and link.status == LinkStatus.revoked:
+            return "link_revoked"
+    account = session.get(Account, payment.account_id)
+    if account is not None and account.balance_cents <= 0:
+        return "nothing_owed"  # paid off some other way since it was scheduled
+    return None
+
+
+def _notify(session: Session, payment: Payment, now: datetime) -> None:
+    """The receipt for a paid or pending payment, the payment-failed notice for a declined
+    one; each at most once per payment (the outbox's dedupe keys)."""
+    env = message_env()
+    if payment.status in (PaymentStatus.paid, PaymentStatus.pending):
+        receipts.queue_receipt(session, payment, env, now)
+    elif payment.status == PaymentStatus.declined:
+        receipts.queue_payment_failed(session, payment, env, now, url=_update_url(session, payment))
+
+
+def _update_url(session: Session, payment: Payment) -> str:
+    """Where a customer can pay another way: the link while it still works, else the
+    find-my-account page, which sends a fresh one."""
+    env = message_env()
+    link = session.get(PaymentLink, payment.link_id) if payment.link_id is not None else None
+    if link is not None and link.status == LinkStatus.active and link.expires_at > utcnow():
+        return link_url(env, link_tokens(), link)
+    return f"{env.base_url}/pay"
+
+
+# --- bank settlement ----------------------------------------------------------------------
+
+
+def settle_bank_payments(now: datetime) -> dict[str, int]:
+    """Sweep duty: pending bank debits whose settlement time has passed are asked about at
+    the gateway and become paid, or declined (balance restored, payment-failed notice).
+
+    The gateway is asked outside any transaction; each answer is recorded under the row
+    lock only if the payment is still pending, so concurrent sweeps settle each once."""
+    counts = {"settled": 0, "returned": 0, "still_pending": 0}
+    seen = 0
+    after: tuple[datetime, int] | None = None
+    gw = gateway()
+    while seen < MAX_ROWS:
+        with _db().transaction() as session:
+            stmt = (
+                select(Payment.id, Payment.settles_at, Payment.gateway_reference)
+                .where(_status_is(Payment.status, "pending"), Payment.settles_at <= now)
+                .order_by(Payment.settles_at, Payment.id)
+                .limit(BATCH)
+            )
+            if after is not None:
+                stmt = stmt.where(tuple_(Payment.settles_at, Payment.id) > after)
+            rows = session.execute(stmt).all()
+        answers = {
+            r.id: gw.settlement(r.gateway_reference, now) for r in rows if r.gateway_reference
+        }
+        with _db().transaction() as session:
+            if not answers:
+                break
+            locked = session.scalars(
+                select(Payment)
+                .where(Payment.id.in_(list(answers)), _status_is(Payment.status, "pending"))
+                .order_by(Payment.id)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for payment in locked:
+                answer = answers[payment.id]
+                if answer.status == PENDING:
+                    counts["still_pending"] += 1
+                    continue
+                payments.settle(session, payment, answer, now)
+                audit.record(
+                    session, SWEEPER, f"payment.{payment.status}", "payment", payment.id, now,
+                    {"settled": True, "decline_code": payment.decline_code},
+                )  # fmt: skip
+                if payment.status == PaymentStatus.declined:
+                    counts["returned"] += 1
+                    _notify(session, payment, now)
+                else:
+                    counts["settled"] += 1
+        seen += len(rows)
+        if len(rows) < BATCH:
+            break
+        after = (rows[-1].settles_at, rows[-1].id)
+    return counts
+
+
+# --- find my account ----------------------------------------------------------------------
+
+
+@paylink_job
+def send_lookup_link(account_id: int | None) -> dict[str, str]:
+    """Send a fresh link for find-my-account: at most one per account in LOOKUP_INTERVAL,
+    checked under the account's row lock. ``None`` (nothing matched) does nothing."""
+    if account_id is None:
+        return {"outcome": "no_account"}
+    now = utcnow()
+    with _db().transaction() as session:
+        outcome = lookup.send_fresh_link(
+            session, account_id, now=now, env=message_env(), tokens=link_tokens()
+        )
+    return {"outcome": outcome}
