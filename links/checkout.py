@@ -255,7 +255,9 @@ class FlowState:
 
 def reconcile(flow: Flow, state: FlowState) -> None:
     """Drop choices the link or settings no longer allow (balance paid down meanwhile, an
-    offer withdrawn, Skip turned off, scheduling turned off)."""
+    offer withdrawn, Skip turned off, scheduling turned off). Whatever changes, the next
+    Confirm is a new attempt."""
+    before = state.dump()
     if state.offer is not None:
         skipped_ok = state.offer == 0 and flow.can_skip_offer and bool(flow.offers)
         if not skipped_ok and flow.settlement(state) is None:
@@ -268,7 +270,7 @@ def reconcile(flow: Flow, state: FlowState) -> None:
             state.amount_cents = None
     if state.amount_cents is None or Step.schedule not in flow.steps(state):
         state.when, state.schedule = None, []
-    if state.amount_cents is None or state.when is None:
+    if state.dump() != before:
         state.nonce = None
 
 
