@@ -48,8 +48,9 @@ def _queue() -> JobQueue:
 
 
 def _status_is(column: Any, value: str) -> ColumnElement[bool]:
-    # A literal, not a bound parameter, so the planner matches it to the partial index's
-    # WHERE (SQLite uses a partial index only for a term it can prove at prepare time).
+    # A literal, not a bound parameter, so any plan can be matched to the partial index's
+    # WHERE: psycopg prepares a statement run often, and PostgreSQL's generic plan for
+    # "status = $1" could not use an index whose predicate is "status = 'active'".
     return column == literal_column(f"'{value}'")
 
 

@@ -22,4 +22,7 @@ class Duty:
 # Reminders, expiries, installments and settlement join as their features land.
 DUTIES: tuple[Duty, ...] = (
     Duty("outbox", "workers.messaging.resend_stuck", every_seconds=60, queue="messages"),
+    Duty("expire-links", "workers.links.expire_links", every_seconds=60),
+    Duty("charge-payments", "workers.links.charge_scheduled_payments", 60, queue="payments"),
+    Duty("settle-payments", "workers.links.settle_bank_payments", 60, queue="payments"),
 )
