@@ -198,12 +198,20 @@ class FlowState:
 
     @classmethod
     def load(cls, data: Any, link_id: int) -> FlowState:
-        """The state in ``data`` if it belongs to ``link_id``, else a fresh one."""
+        """The state in ``data`` if it is one for ``link_id``, else a fresh one."""
         if not isinstance(data, dict) or data.get("link_id") != link_id:
             return cls(link_id)
-        try:
-            state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except TypeError:
+        state = cls(link_id)
+        for name, kinds in _STATE_TYPES.items():
+            value = data.get(name, getattr(state, name))
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                return cls(link_id)
+            setattr(state, name, value)
+        if state.when not in (None, "now", "later") or not all(
+            isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+            and isinstance(row[1], int)
+            for row in state.schedule
+        ):  # fmt: skip
             return cls(link_id)
         return state
 
@@ -253,6 +261,19 @@ class FlowState:
         self.notice = message
 
 
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "reviewed": (bool,),
+    "verified": (bool,),
+    "offer": (int, type(None)),
+    "amount_cents": (int, type(None)),
+    "method_id": (int, type(None)),
+    "when": (str, type(None)),
+    "schedule": (list,),
+    "nonce": (str, type(None)),
+    "notice": (str, type(None)),
+}
+
+
 def reconcile(flow: Flow, state: FlowState) -> None:
     """Drop choices the link or settings no longer allow (balance paid down meanwhile, an
     offer withdrawn, Skip turned off, scheduling turned off). Whatever changes, the next
@@ -296,7 +317,8 @@ def new_nonce() -> str:
 
 # --- what the customer types ----------------------------------------------------------------
 
-_AMOUNT = re.compile(r"\$?\s*(\d{1,3}(?:,\d{3})+|\d+)?(?:\.(\d*))?")
+# ASCII digits only: \d would also take other scripts' digits.
+_AMOUNT = re.compile(r"\$?\s*([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)?(?:\.([0-9]*))?")
 
 
 def parse_amount(text: str | None) -> int:
@@ -338,8 +360,8 @@ def check_amount(cents: int, flow: Flow, settlement: Settlement | None) -> int:
 
 
 _DATE_FORMATS = (
-    re.compile(r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})"),
-    re.compile(r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})"),
+    re.compile(r"(?P<y>[0-9]{4})-(?P<m>[0-9]{1,2})-(?P<d>[0-9]{1,2})"),
+    re.compile(r"(?P<m>[0-9]{1,2})/(?P<d>[0-9]{1,2})/(?P<y>[0-9]{4})"),
 )
 
 
@@ -420,7 +442,7 @@ def normalize_verification(method: str, value: str | None) -> str:
     cannot be one."""
     raw = (value or "").strip()
     if method == "ssn_last4":
-        if not re.fullmatch(r"\d{4}", raw):
+        if not re.fullmatch(r"[0-9]{4}", raw):
             raise InputError("Enter the last 4 digits of your Social Security number.")
         return raw
     if method == "date_of_birth":
@@ -429,7 +451,7 @@ def normalize_verification(method: str, value: str | None) -> str:
         except InputError:
             raise InputError("Enter your date of birth as MM/DD/YYYY.") from None
     if method == "zip":
-        match = re.fullmatch(r"(\d{5})(?:-?\d{4})?", raw)
+        match = re.fullmatch(r"([0-9]{5})(?:-?[0-9]{4})?", raw)
         if not match:
             raise InputError("Enter your 5-digit ZIP code.")
         return match.group(1)
@@ -457,7 +479,7 @@ def verify_contact(
 
 def mask_phone(phone: str | None) -> str | None:
     """``+12025550143`` → ``***-***-0143``."""
-    digits = re.sub(r"\D", "", phone or "")
+    digits = re.sub(r"[^0-9]", "", phone or "")
     return f"***-***-{digits[-4:]}" if len(digits) >= 4 else None
 
 

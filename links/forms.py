@@ -14,7 +14,9 @@ from wtforms.validators import DataRequired, InputRequired, Length, Regexp
 
 from links.checkout import VERIFICATION_LABELS
 
-ZIP_PATTERN = r"^\s*\d{5}(-?\d{4})?\s*$"
+ZIP_PATTERN = r"^\s*[0-9]{5}(-?[0-9]{4})?\s*$"
+# Numbers as people type them: ASCII digits, spaces, dashes.
+DIGITS = Regexp(r"^[0-9 -]*$", message="Use digits only.")
 
 
 class ButtonForm(FlaskForm):
@@ -49,7 +51,7 @@ class CardForm(FlaskForm):
     )
     number = StringField(
         "Card number",
-        validators=[DataRequired("Enter the card number."), Length(max=30)],
+        validators=[DataRequired("Enter the card number."), Length(max=30), DIGITS],
     )
     expiry = StringField(
         "Expiration (MM/YY)",
@@ -57,7 +59,7 @@ class CardForm(FlaskForm):
     )
     security_code = StringField(
         "Security code",
-        validators=[DataRequired("Enter the security code."), Length(max=10)],
+        validators=[DataRequired("Enter the security code."), Length(max=10), DIGITS],
     )
     zip = StringField(
         "ZIP",
@@ -79,11 +81,11 @@ class BankForm(FlaskForm):
     )
     routing_number = StringField(
         "Routing number",
-        validators=[DataRequired("Enter the 9-digit routing number."), Length(max=20)],
+        validators=[DataRequired("Enter the 9-digit routing number."), Length(max=20), DIGITS],
     )
     account_number = StringField(
         "Account number",
-        validators=[DataRequired("Enter the account number."), Length(max=30)],
+        validators=[DataRequired("Enter the account number."), Length(max=30), DIGITS],
     )
     account_type = RadioField(
         "Account type",
