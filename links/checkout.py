@@ -28,6 +28,7 @@ from app import audit
 from app.messaging.outbox import MessageEnv, first_name
 from app.messaging.render import money
 from app.models import Account, Message, OrgSettings
+from app.payments import cards
 from app.payments import service as payments
 from app.payments.gateway import ChargeResult
 from app.payments.models import MethodKind, Payment, PaymentMethod, PaymentStatus
@@ -472,6 +473,47 @@ def verify_contact(
         and hmac.compare_digest(given.encode(), expected_last4.encode())
     )
     return check_verification(session, link, method, given, ssn_last4_ok=ssn_ok, now=now)
+
+
+def as_sentence(text: str) -> str:
+    """A message as a sentence: capital first letter, one full stop."""
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
+
+
+def card_problems(number: str, expiry: str, security_code: str, today: date) -> dict[str, str]:
+    """Every field at fault in a typed card, so the customer can fix them all at once
+    (``add_card`` checks again and stops at the first). Never echoes a number."""
+    problems: dict[str, str] = {}
+    brand = None
+    try:
+        _digits, brand = cards.check_card_number(number)
+    except cards.InvalidPaymentDetail as exc:
+        problems["number"] = as_sentence(str(exc))
+    try:
+        cards.check_expiry(expiry, today)
+    except cards.InvalidPaymentDetail as exc:
+        problems["expiry"] = as_sentence(str(exc))
+    try:
+        cards.check_security_code(security_code, brand or "visa")
+    except cards.InvalidPaymentDetail as exc:
+        if brand is not None or len((security_code or "").strip()) not in (3, 4):
+            problems["security_code"] = as_sentence(str(exc))
+    return problems
+
+
+def bank_problems(routing_number: str, account_number: str) -> dict[str, str]:
+    """Every field at fault in a typed bank account (see ``card_problems``)."""
+    problems: dict[str, str] = {}
+    for field_name, check, value in (
+        ("routing_number", cards.check_routing_number, routing_number),
+        ("account_number", cards.check_bank_account_number, account_number),
+    ):
+        try:
+            check(value)
+        except cards.InvalidPaymentDetail as exc:
+            problems[field_name] = as_sentence(str(exc))
+    return problems
 
 
 # --- contact details as shown to whoever holds the link ---------------------------------

@@ -180,11 +180,6 @@ def _advance(page: Page) -> Response:
     return redirect(page.next_url())
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
-
-
 def _local(instant: datetime, page: Page) -> str:
     return service.local_text(instant, page.flow.timezone)
 
@@ -454,17 +449,26 @@ def method(token: str) -> str | Response:
         forms.CardForm() if kind == MethodKind.card else forms.BankForm()
     )
     hint = None
-    if form.validate_on_submit():
-        session = db_session()
-        try:
-            saved = _save_method(page, form)
-        except cards.InvalidPaymentDetail as exc:
-            session.rollback()
-            getattr(form, getattr(exc, "field", "number")).errors.append(_sentence(str(exc)))
-        else:
-            session.commit()
-            page.state.choose_method(saved.id)
-            return _advance(page)
+    if form.is_submitted():
+        valid = form.validate()
+        # The number checks too, so every field at fault is named at once.
+        for name, message in _method_problems(page, form).items():
+            field = getattr(form, name)
+            if not field.errors:
+                field.errors.append(message)
+            valid = False
+        if valid:
+            session = db_session()
+            try:
+                saved = _save_method(page, form)
+            except cards.InvalidPaymentDetail as exc:
+                session.rollback()
+                name = getattr(exc, "field", "number")
+                getattr(form, name).errors.append(checkout.as_sentence(str(exc)))
+            else:
+                session.commit()
+                page.state.choose_method(saved.id)
+                return _advance(page)
     if request.method == "POST":
         secret = form.number.data if isinstance(form, forms.CardForm) else form.account_number.data
         digits = "".join(ch for ch in (secret or "") if ch.isdigit())
@@ -482,6 +486,15 @@ def method(token: str) -> str | Response:
         amount_cents=page.state.amount_cents,
         **page.context(Step.method),
     )
+
+
+def _method_problems(page: Page, form: forms.CardForm | forms.BankForm) -> dict[str, str]:
+    if isinstance(form, forms.CardForm):
+        return checkout.card_problems(
+            form.number.data or "", form.expiry.data or "", form.security_code.data or "",
+            page.flow.today(page.now),
+        )  # fmt: skip
+    return checkout.bank_problems(form.routing_number.data or "", form.account_number.data or "")
 
 
 def _save_method(page: Page, form: forms.CardForm | forms.BankForm) -> PaymentMethod:
@@ -644,7 +657,7 @@ def _after_attempt(
             if method.kind == MethodKind.card
             else ("another bank account or a card")
         )
-        page.state.declined(f"{_sentence(reason)} Please try {other}.")
+        page.state.declined(f"{checkout.as_sentence(reason)} Please try {other}.")
         return _advance(page)
     return render_template("pay/processing.html", **page.context()), 202
 

@@ -530,3 +530,20 @@ def test_receipt_payments_and_copies(db, ready, env):
 def test_idempotency_keys_fit_the_column():
     key = checkout.idempotency_key(2**62, checkout.new_nonce(), 12)
     assert len(key) <= 100
+
+
+def test_card_and_bank_problems_name_every_field():
+    assert checkout.card_problems("4242424242424242", "12/30", "123", TODAY) == {}
+    assert set(checkout.card_problems("4242424242424241", "13/30", "1", TODAY)) == {
+        "number", "expiry", "security_code",
+    }  # fmt: skip
+    amex = "378282246310005"
+    assert checkout.card_problems(amex, "12/30", "1234", TODAY) == {}
+    assert set(checkout.card_problems(amex, "12/30", "123", TODAY)) == {"security_code"}
+    # With the number wrong, a 3- or 4-digit code is not blamed for the brand it may fit.
+    assert set(checkout.card_problems("1234", "12/30", "1234", TODAY)) == {"number"}
+    problem = checkout.card_problems("4242424242424241", "12/30", "123", TODAY)["number"]
+    assert problem == "This card number is not valid; check the digits."
+    assert "4241" not in problem
+    assert checkout.bank_problems("110000000", "000123456789") == {}
+    assert set(checkout.bank_problems("123456789", "12")) == {"routing_number", "account_number"}

@@ -1161,3 +1161,15 @@ def test_card_numbers_are_never_stored_or_logged(app, db, client, account, caplo
         assert secret not in logged  # ...without what was typed
     assert "security_code=987" not in logged
     assert "'987'" not in logged
+
+
+def test_every_card_problem_is_shown_at_once(db, customer):
+    customer.to_amount()
+    customer.amount("20")
+    page = text(customer.card("4242 4242 4242 4241", expiry="01/20", code="12", zip_code="1"))
+    check_page(page)
+    for field in ("number", "expiry", "security_code"):
+        assert f'id="{field}-error"' in page
+    # The ZIP is checked with the form's own rules first.
+    page = text(customer.card("4242 4242 4242 4241", zip_code="1"))
+    assert 'id="zip-error"' in page
