@@ -414,22 +414,23 @@ def test_the_job_is_enqueued_once_per_payment_however_often_the_sweep_runs(app, 
 
 
 def test_two_sweeps_at_once_enqueue_each_payment_once(app, time_machine, monkeypatch):
-    monkeypatch.setattr(link_jobs, "BATCH", 4)
+    monkeypatch.setattr(link_jobs, "BATCH", 3)
     link_id = make_link(app)
-    ids = [schedule_payment(app, link_id, amount_cents=100) for _ in range(20)]
+    ids = [schedule_payment(app, link_id, amount_cents=100) for _ in range(10)]
     now = at(time_machine, DUE)
 
     results = run_together(app, lambda: link_jobs.charge_scheduled_payments(now), threads=2)
 
-    assert sum(r["enqueued"] for r in results) == 20
+    assert sum(r["enqueued"] for r in results) == 10
     job_ids = app.extensions["paylink.queue"].queue("payments").job_ids
     assert sorted(job_ids) == sorted(f"charge-payment-{i}" for i in ids)
-    drain(app)
+    for payment_id in ids:  # the jobs, run here: quicker than a worker for each
+        assert link_jobs.charge_payment(payment_id) == {"outcome": "paid"}
     with app.extensions["paylink.db"].transaction() as session:
         statuses = session.scalars(select(Payment.status).where(Payment.id.in_(ids))).all()
-    assert statuses == ["paid"] * 20
-    assert balance(app, ids[0]) == 50_000 - 20 * 100
-    assert len(messages(app, "receipt")) == 20
+    assert statuses == ["paid"] * 10
+    assert balance(app, ids[0]) == 50_000 - 10 * 100
+    assert len(messages(app, "receipt")) == 10
 
 
 # --- bank debits --------------------------------------------------------------------------
@@ -523,8 +524,8 @@ def test_a_returned_bank_debit_restores_the_balance_and_tells_the_customer(app, 
 
 def test_a_debit_the_gateway_still_holds_stays_pending(app, time_machine):
     payment_id = schedule_payment(app, make_link(app), card=None, bank_account="123456789")
-    sweep(app, at(time_machine, DUE))
-    drain(app)
+    at(time_machine, DUE)
+    assert link_jobs.charge_payment(payment_id) == {"outcome": "pending"}
     # Our row says it is due; the bank has not settled it yet.
     with app.extensions["paylink.db"].transaction() as session:
         session.get(Payment, payment_id).settles_at = DUE
@@ -542,8 +543,9 @@ def test_concurrent_settlement_sweeps_settle_each_debit_once(app, time_machine, 
         schedule_payment(app, link_id, card=None, bank_account="123456789", amount_cents=100)
         for _ in range(12)
     ]
-    sweep(app, at(time_machine, DUE))
-    drain(app)
+    at(time_machine, DUE)
+    for payment_id in ids:  # the charge jobs, run here: quicker than a worker for each
+        assert link_jobs.charge_payment(payment_id) == {"outcome": "pending"}
     now = at(time_machine, DUE + timedelta(hours=1))
 
     results = run_together(app, lambda: link_jobs.settle_bank_payments(now), threads=3)
