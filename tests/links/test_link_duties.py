@@ -181,6 +181,9 @@ def test_links_past_their_expiry_become_expired_once(app, time_machine):
     [event] = actions(app, "link.expired")
     assert (event.object_id, event.actor_type, event.actor_id) == (str(soon), "system", "sweep")
     assert event.at == NOON_NY + timedelta(hours=1)
+    with app.extensions["paylink.db"].transaction() as session:
+        token = TOKENS.token_for(session.get(PaymentLink, soon).token_id)
+    assert app.test_client().get(f"/p/{token}").status_code == 410  # the customer's page
 
 
 def test_expiry_works_through_a_backlog_in_batches(app, time_machine, monkeypatch):
