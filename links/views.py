@@ -628,12 +628,14 @@ def _confirm(
     except checkout.LinkUsed:
         session.rollback()
         return redirect(page.url(Step.start))
+    # Each payment's own method (a replayed older Confirm may name another), loaded now:
+    # nothing may touch the database between the commit and the gateway call.
+    methods = {p.id: p.method for p in attempt.payments}
     session.commit()
     settlement = page.flow.settlement(state)
     for payment in attempt.payments:
         if checkout.needs_charge(payment, utcnow(), created=attempt.created):
-            # No database work between the commit above and this call: it may take seconds.
-            result = payments.call_gateway(gateway(), payment, method, utcnow())
+            result = payments.call_gateway(gateway(), payment, methods[payment.id], utcnow())
             checkout.finish_payment(
                 session, link, payment, result, settlement=settlement, env=message_env(),
                 now=utcnow(),
