@@ -158,9 +158,12 @@ def _register_blueprints(app: Flask) -> None:
 def _register_features(app: Flask) -> None:
     """The feature packages' blueprints (imported here so app/ never imports a feature)."""
     from links import api as links_api
-    from offers import api as offers_api
     from links import lookup_views
     from links import views as link_views
+    from offers import api as offers_api
+    from offers import plans_api
+    from signing import api as agreements_api
+    from signing import storage as document_storage
 
     app.register_blueprint(links_api.bp)
     csrf.exempt(links_api.bp)
@@ -168,6 +171,14 @@ def _register_features(app: Flask) -> None:
     csrf.exempt(offers_api.bp)
     app.register_blueprint(link_views.bp)
     app.register_blueprint(lookup_views.bp)
+    app.register_blueprint(plans_api.bp)
+    csrf.exempt(plans_api.bp)
+    app.register_blueprint(agreements_api.bp)
+    csrf.exempt(agreements_api.bp)
+    # Reads a stored document by key: the dev outbox serves email attachments with it.
+    app.extensions["paylink.load_document"] = document_storage.loader(
+        app.extensions["paylink.config"], app.extensions["paylink.db"]
+    )
 
     @app.get("/")
     def index() -> Response:

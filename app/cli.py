@@ -43,6 +43,7 @@ def register(app: Flask) -> None:
     for command in (db_group, create_agent, seed_demo, sweep, import_accounts, worker, scheduler,
                     revoke_api_key):  # fmt: skip
         app.cli.add_command(command)
+    app.cli.add_command(agreements_group)
 
 
 @click.group("db", cls=AppGroup, help="Database schema (Alembic migrations).")
@@ -64,6 +65,35 @@ def db_downgrade(revision: str) -> None:
     """Migrate the schema down to REVISION."""
     migrate.downgrade(_config().database_url, revision)
     click.echo(f"database at {revision}")
+
+
+@click.group("agreements", cls=AppGroup, help="Signed agreements and their audit trails.")
+def agreements_group() -> None:
+    pass
+
+
+@agreements_group.command("verify")
+@click.argument("agreement_id", type=int)
+def agreements_verify(agreement_id: int) -> None:
+    """Recompute agreement AGREEMENT_ID's audit trail hash chain and its stored PDF's
+    SHA-256; print OK or what is wrong. Exit status 0 when everything checks, else 1."""
+    from signing.document import verify_agreement
+    from signing.models import Agreement
+    from signing.storage import store_for
+
+    with _db().transaction() as session:
+        agreement = session.get(Agreement, agreement_id) if 0 < agreement_id < 2**63 else None
+        if agreement is None:
+            click.echo(f"agreement {agreement_id}: no such agreement", err=True)
+            sys.exit(1)
+        result = verify_agreement(session, agreement, store_for(_config(), session))
+    click.echo(f"agreement {agreement_id} (offer {agreement.offer_id})")
+    for check in result.checks:
+        click.echo(f"{check.name}: {'ok' if check.ok else 'FAILED'}: {check.detail}")
+    if not result.ok:
+        click.echo("FAILED")
+        sys.exit(1)
+    click.echo("OK")
 
 
 @click.command("create-agent")

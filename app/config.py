@@ -23,6 +23,7 @@ ENVIRONMENTS = ("development", "test", "production")
 SMS_BACKENDS = ("outbox", "twilio")
 EMAIL_BACKENDS = ("outbox", "sendgrid")
 PAYMENT_GATEWAYS = ("sandbox",)
+DOCUMENT_STORES = ("database", "files")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 MIN_SECRET_LENGTH = 32
@@ -54,6 +55,9 @@ class Config:
     sms_backend: str = "outbox"
     email_backend: str = "outbox"
     payment_gateway: str = "sandbox"
+    # Where signed agreement PDFs are kept: "database" (shared by every machine) or
+    # "files" (under <instance>/documents/, for a single machine or a shared volume).
+    document_store: str = "database"
     ratelimit_enabled: bool = True
     login_rate_limit: str = "10 per minute"
     api_rate_limit: str = "600 per minute"
@@ -184,6 +188,10 @@ def validate(config: Config) -> None:
     check(
         config.payment_gateway in PAYMENT_GATEWAYS,
         f"PAYLINK_PAYMENT_GATEWAY must be one of {', '.join(PAYMENT_GATEWAYS)}",
+    )
+    check(
+        config.document_store in DOCUMENT_STORES,
+        f"PAYLINK_DOCUMENT_STORE must be one of {', '.join(DOCUMENT_STORES)}",
     )
     base = urlsplit(config.base_url)
     check(

@@ -14,6 +14,7 @@ from app.messaging.outbox import MessageEnv, send_job
 from app.messaging.ratelimit import SenderRateLimiter
 from app.models import Message, MessageStatus
 from app.queue import job_id
+from signing.storage import loader as document_loader
 from workers.runtime import paylink_job
 
 # A queued message still waiting this long after its time has lost its job: enqueue again.
@@ -39,6 +40,7 @@ def dispatcher() -> Dispatcher:
             status_callback=f"{config.base_url.rstrip('/')}/webhooks/twilio/status"
             if config.sms_backend == "twilio"
             else None,
+            load_attachment=document_loader(config, app.extensions["paylink.db"]),
         )
         app.extensions["paylink.dispatcher"] = found
     found.counts = {}

@@ -272,3 +272,31 @@ def dev_outbox() -> Response:
         [m.html for m in messages if m.channel == Channel.email and m.html]
     )
     return response
+
+
+@bp.get("/dev/outbox/<int:message_id>/attachments/<int:index>")
+def dev_outbox_attachment(message_id: int, index: int) -> Response:
+    """An email's attachment as the customer would receive it, loaded from document
+    storage by its key. Only while the email outbox backend is active."""
+    if Channel.email.value not in outbox_channels(_config()):
+        raise exceptions.NotFound()
+    load = current_app.extensions.get("paylink.load_document")
+    message = db_session().get(Message, message_id) if 0 < message_id <= MAX_ID else None
+    if load is None or message is None or message.channel != Channel.email:
+        raise exceptions.NotFound()
+    attachments = message.attachments or []
+    if not 0 <= index < len(attachments):
+        raise exceptions.NotFound()
+    attachment = attachments[index]
+    # The loader reads in a transaction of its own; end this one first (on SQLite a second
+    # open transaction would wait for this one's lock).
+    db_session().rollback()
+    try:
+        content = load(attachment["key"])
+    except LookupError:
+        raise exceptions.NotFound("The attachment is no longer in document storage.") from None
+    response = Response(content, mimetype=attachment["content_type"])
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", attachment["filename"]) or "attachment"
+    # Downloaded, never shown inline: the page's origin must not render stored content.
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
