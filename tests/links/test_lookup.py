@@ -3,6 +3,7 @@ answer, status and timing whether anything matched; rate limits; CSRF."""
 
 from __future__ import annotations
 
+import random
 import re
 import statistics
 import time
@@ -355,6 +356,9 @@ def unlimited_app(app_config: dict[str, Any], app: Flask) -> Iterator[Flask]:
     application.extensions["paylink.db"].dispose()
 
 
+ROUNDS = 60
+
+
 def test_a_match_and_a_miss_take_the_same_time(unlimited_app, capsys):
     app = unlimited_app
     make_account(app)
@@ -375,21 +379,28 @@ def test_a_match_and_a_miss_take_the_same_time(unlimited_app, capsys):
     for fields in (match, miss) * 3:  # warm up: templates, statement cache, job ids
         timed(fields)
     times: dict[str, list[float]] = {"match": [], "miss": []}
-    for _ in range(40):  # interleaved, so drift in the machine's load hits both alike
-        times["match"].append(timed(match))
-        times["miss"].append(timed(miss))
+    order = random.Random(7)
+    for _ in range(ROUNDS):
+        # One of each per round, in a random order: drift in the machine's load, or a
+        # rhythm in it, falls on both alike.
+        pair = [("match", match), ("miss", miss)]
+        order.shuffle(pair)
+        for name, fields in pair:
+            times[name].append(timed(fields))
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     with capsys.disabled():
         print(
-            "\nfind-my-account medians over 40 requests each: "
+            f"\nfind-my-account medians over {ROUNDS} requests each: "
             f"match {medians['match'] * 1000:.2f} ms, miss {medians['miss'] * 1000:.2f} ms, "
             f"difference {abs(medians['match'] - medians['miss']) * 1000:.3f} ms"
         )
-    # Generous: the same work either way; the margin absorbs a noisy shared machine.
-    assert abs(medians["match"] - medians["miss"]) <= 0.25 * min(medians.values()) + 0.0005
+    # Generous, for a busy shared machine: the same work either way differs by well under a
+    # millisecond, while making the link and its messages in the request would add several
+    # times a whole request's time.
+    assert abs(medians["match"] - medians["miss"]) <= 0.5 * min(medians.values()) + 0.001
     drain(app)
-    assert len(all_links(app)) == 1  # forty-three asks, one link
+    assert len(all_links(app)) == 1  # every ask for the account, one link
 
 
 # --- one link per account per ten minutes -------------------------------------------------
