@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
+from sqlalchemy import select
 
 from app.clock import utcnow
 from app.messaging.outbox import MessageEnv
+from app.queue import JobSpec, job_id
 from signing import document
 from signing.models import Agreement
 from signing.storage import store_for
@@ -43,3 +46,35 @@ def capture_agreement(agreement_id: int) -> dict[str, Any]:
             "agreement %s rendered: %d bytes, sha256 %s", agreement_id, issued.size, issued.sha256
         )
         return {"rendered": 1, "bytes": issued.size, "emails": len(issued.messages)}
+
+
+# A signed agreement still without its document this long after signing has lost its job.
+UNRENDERED_AFTER = timedelta(minutes=2)
+
+
+def render_unrendered(now: datetime) -> dict[str, int]:
+    """Sweep duty: agreements signed a while ago that have no document (the capture job
+    was lost with Redis, or failed) get their job again; the job itself is idempotent."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with app.extensions["paylink.db"].transaction() as session:
+        ids = list(
+            session.scalars(
+                select(Agreement.id)
+                .where(
+                    Agreement.document_key.is_(None), Agreement.signed_at <= now - UNRENDERED_AFTER
+                )
+                .order_by(Agreement.id)
+                .limit(1000)
+            )
+        )
+    job_queue = app.extensions["paylink.queue"]
+    enqueued = 0
+    for agreement_id in ids:
+        # One try per agreement per sweep minute; unique refuses a job already waiting.
+        key = job_id("agreement", agreement_id, "sweep", int(now.timestamp()) // 60)
+        spec = JobSpec(
+            "workers.signing.capture_agreement", (agreement_id,), job_id=key, unique=True
+        )
+        if job_queue.enqueue(spec) is not None:
+            enqueued += 1
+    return {"unrendered": len(ids), "jobs": enqueued}

@@ -216,3 +216,20 @@ def test_sendgrid_receives_the_pdf_as_an_attachment(sendgrid_app, provider_serve
     # The outbox page is off with a real provider, attachments included.
     client = sendgrid_app.test_client()
     assert client.get(f"/dev/outbox/{email.id}/attachments/0").status_code == 404
+
+
+def test_the_sweep_renders_an_agreement_whose_job_was_lost(app, redis_client):
+    from workers.signing import render_unrendered
+
+    signed = make_signed_plan(app)
+    redis_client.flushall()  # the capture job was lost with Redis
+    with app.app_context():
+        assert render_unrendered(SIGNED_AT + timedelta(seconds=30)) == {"unrendered": 0, "jobs": 0}
+        assert render_unrendered(AFTER) == {"unrendered": 1, "jobs": 1}
+        assert render_unrendered(AFTER) == {"unrendered": 1, "jobs": 0}  # same minute: once
+    with time_machine.travel(AFTER, tick=False):
+        drain(app)
+    assert agreement_row(app, signed.agreement_id).sha256 is not None
+    assert len(confirmations(app, signed.account_id)) == 1
+    with app.app_context():
+        assert render_unrendered(AFTER + timedelta(minutes=5)) == {"unrendered": 0, "jobs": 0}
