@@ -148,6 +148,7 @@ def charge_payment(payment_id: int) -> dict[str, str]:
                     {"reason": reason, "link_id": payment.link_id},
                 )  # fmt: skip
                 return {"outcome": "cancelled", "reason": reason}
+            _cap_to_balance(session, payment, now)
             payments.transition(payment, PaymentStatus.processing, now)
         elif payment.status != PaymentStatus.processing:
             return {"outcome": payment.status}  # charged (or cancelled) already
@@ -182,6 +183,18 @@ def _reason_not_to_charge(session: Session, payment: Payment) -> str | None:
     return None
 
 
+def _cap_to_balance(session: Session, payment: Payment, now: datetime) -> None:
+    """Never take more than is owed: a balance paid down since the payment was scheduled
+    lowers it (before any gateway call, so the idempotency key still means one charge)."""
+    account = session.get(Account, payment.account_id)
+    if account is not None and 0 < account.balance_cents < payment.amount_cents:
+        audit.record(
+            session, SWEEPER, "payment.reduced", "payment", payment.id, now,
+            {"from_cents": payment.amount_cents, "to_cents": account.balance_cents},
+        )  # fmt: skip
+        payment.amount_cents = account.balance_cents
+
+
 def _notify(session: Session, payment: Payment, now: datetime) -> None:
     """The receipt for a paid or pending payment, the payment-failed notice for a declined
     one; each at most once per payment (the outbox's dedupe keys)."""
@@ -189,15 +202,16 @@ def _notify(session: Session, payment: Payment, now: datetime) -> None:
     if payment.status in (PaymentStatus.paid, PaymentStatus.pending):
         receipts.queue_receipt(session, payment, env, now)
     elif payment.status == PaymentStatus.declined:
-        receipts.queue_payment_failed(session, payment, env, now, url=_update_url(session, payment))
+        url = _update_url(session, payment, now)
+        receipts.queue_payment_failed(session, payment, env, now, url=url)
 
 
-def _update_url(session: Session, payment: Payment) -> str:
+def _update_url(session: Session, payment: Payment, now: datetime) -> str:
     """Where a customer can pay another way: the link while it still works, else the
     find-my-account page, which sends a fresh one."""
     env = message_env()
     link = session.get(PaymentLink, payment.link_id) if payment.link_id is not None else None
-    if link is not None and link.status == LinkStatus.active and link.expires_at > utcnow():
+    if link is not None and link.status == LinkStatus.active and link.expires_at > now:
         return link_url(env, link_tokens(), link)
     return f"{env.base_url}/pay"
 

@@ -315,6 +315,22 @@ def test_a_payment_is_not_charged_when_nothing_is_owed_any_more(app, time_machin
     assert [e.data["reason"] for e in actions(app, "payment.cancelled")] == ["nothing_owed"]
 
 
+def test_a_payment_larger_than_what_is_still_owed_takes_only_that(app, time_machine):
+    link_id = make_link(app)
+    payment_id = schedule_payment(app, link_id, amount_cents=10_000)
+    with app.extensions["paylink.db"].transaction() as session:
+        session.get(Account, session.get(PaymentLink, link_id).account_id).balance_cents = 2_500
+
+    sweep(app, at(time_machine, DUE))
+    drain(app)
+
+    paid = payment(app, payment_id)
+    assert (paid.status, paid.amount_cents) == ("paid", 2_500)
+    assert balance(app, payment_id) == 0
+    [event] = actions(app, "payment.reduced")
+    assert event.data == {"from_cents": 10_000, "to_cents": 2_500}
+
+
 def test_the_charge_job_leaves_a_payment_that_is_not_due_alone(app):
     payment_id = schedule_payment(app, make_link(app))
 
