@@ -26,7 +26,9 @@ def queue_receipt(
     context = {
         "amount_cents": payment.amount_cents,
         "receipt_number": payment.receipt_number,
-        "paid_at_text": local_text(payment.paid_at or payment.created_at, tz),
+        # A pending bank debit has no paid_at yet: it was taken when it became pending
+        # (updated_at), which for a scheduled payment is days after created_at.
+        "paid_at_text": local_text(payment.paid_at or payment.updated_at or payment.created_at, tz),
         "method_text": payment.method.label,
     }
     key = f"receipt-{payment.id}" + (f"-again{again}" if again else "")

@@ -480,8 +480,9 @@ def test_a_bank_debit_is_pending_then_settles_after_the_configured_delay(
     assert pending.settles_at == DUE + timedelta(seconds=7200)
     assert pending.receipt_number
     assert balance(app, payment_id) == 40_000  # counted while it settles
-    [receipt] = messages(app, "receipt")  # the receipt says pending; none comes again
+    [receipt] = messages(app, "receipt")  # sent now; none comes again at settlement
     assert receipt.status == "delivered"
+    assert "Date: Nov 25, 2026 10:00 AM EST" in receipt.body  # taken today, not scheduled
 
     not_yet = sweep(app, at(time_machine, DUE + timedelta(seconds=7199)))
     assert not_yet["settle-payments"] == {"settled": 0, "returned": 0, "still_pending": 0}
