@@ -747,6 +747,7 @@ def finish_payment(
         if account is not None:
             written_off = min(account.balance_cents, settlement.discount_cents)
             account.balance_cents -= written_off
+            payment.written_off_cents = written_off
             audit.record(
                 session, audit.Actor.system("settlement"), "account.settled", "account",
                 account.id, now,

@@ -9,7 +9,7 @@ deterministic ids. Jobs re-check state under a row lock before acting.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -24,7 +24,7 @@ from app.payments import service as payments
 from app.payments.gateway import PENDING
 from app.payments.models import Payment, PaymentStatus
 from app.queue import PAYMENTS, JobQueue, JobSpec, job_id
-from links import lookup, receipts
+from links import checkout, lookup, receipts
 from links.models import LinkStatus, PaymentLink
 from links.service import link_url
 from links.web import gateway, link_tokens, message_env
@@ -162,6 +162,13 @@ def charge_payment(payment_id: int) -> dict[str, str]:
         if payment.status != PaymentStatus.processing:
             return {"outcome": payment.status}  # another run recorded it first
         payments.finish_charge(session, payment, result, now)
+        if payment.link_id is not None and payment.status in (
+            PaymentStatus.paid,
+            PaymentStatus.pending,
+        ):
+            link = session.get(PaymentLink, payment.link_id, with_for_update=True)
+            if link is not None:
+                checkout.mark_used(session, link, now)
         audit.record(
             session, SWEEPER, f"payment.{payment.status}", "payment", payment.id, now,
             {"link_id": payment.link_id, "amount_cents": payment.amount_cents,
@@ -169,6 +176,36 @@ def charge_payment(payment_id: int) -> dict[str, str]:
         )  # fmt: skip
         _notify(session, payment, now)
         return {"outcome": payment.status}
+
+
+STUCK_AFTER = timedelta(minutes=5)
+
+
+def reconcile_stuck_charges(now: datetime) -> dict[str, int]:
+    """Sweep duty: payments left ``processing`` (the worker or web process died between
+    the gateway call and recording its answer) are charged again under their own
+    idempotency key — the gateway answers with the first result — and recorded."""
+    with _db().transaction() as session:
+        ids = list(
+            session.scalars(
+                select(Payment.id)
+                .where(
+                    _status_is(Payment.status, "processing"),
+                    Payment.updated_at <= now - STUCK_AFTER,
+                )
+                .order_by(Payment.updated_at)
+                .limit(MAX_ROWS)
+            )
+        )
+    enqueued = 0
+    for payment_id in ids:
+        spec = JobSpec(
+            CHARGE_JOB, (payment_id,), queue=PAYMENTS, timeout=CHARGE_TIMEOUT, unique=True,
+            job_id=job_id("reconcile-payment", payment_id, int(now.timestamp()) // 60),
+        )  # fmt: skip
+        if _queue().enqueue(spec) is not None:
+            enqueued += 1
+    return {"stuck": len(ids), "enqueued": enqueued}
 
 
 def _reason_not_to_charge(session: Session, payment: Payment) -> str | None:

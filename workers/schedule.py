@@ -25,5 +25,6 @@ DUTIES: tuple[Duty, ...] = (
     Duty("expire-links", "workers.links.expire_links", every_seconds=60),
     Duty("charge-payments", "workers.links.charge_scheduled_payments", 60, queue="payments"),
     Duty("settle-payments", "workers.links.settle_bank_payments", 60, queue="payments"),
+    Duty("stuck-charges", "workers.links.reconcile_stuck_charges", 60, queue="payments"),
     Duty("agreements", "workers.signing.render_unrendered", every_seconds=60),
 )

@@ -24,9 +24,10 @@ class InvalidPaymentDetail(ValueError):
 
 def digits_only(value: str) -> str:
     """Digits of a number typed with spaces or dashes; anything else is refused."""
-    if not re.fullmatch(r"[\d -]*", value or ""):
+    # [0-9], not \d: other scripts' digits are not card or bank digits.
+    if not re.fullmatch(r"[0-9 -]*", value or ""):
         raise InvalidPaymentDetail("use digits only")
-    return re.sub(r"\D", "", value)
+    return re.sub(r"[^0-9]", "", value)
 
 
 def luhn_valid(number: str) -> bool:
@@ -55,7 +56,9 @@ def check_card_number(value: str) -> tuple[str, str]:
         raise InvalidPaymentDetail("this card number is not valid; check the digits")
     brand = card_brand(number)
     if brand is None:
-        raise InvalidPaymentDetail("we accept Visa, Mastercard, American Express and Discover")
+        raise InvalidPaymentDetail(
+            "we accept Visa, Mastercard, American Express, Discover, Diners Club and JCB"
+        )
     return number, brand
 
 

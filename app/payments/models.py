@@ -102,6 +102,13 @@ class Payment(Base):
             postgresql_where=text("status = 'scheduled'"),
             sqlite_where=text("status = 'scheduled'"),
         ),
+        # Charges stuck mid-call (a worker died) are found and reconciled by a sweep.
+        Index(
+            "ix_payment_processing",
+            "updated_at",
+            postgresql_where=text("status = 'processing'"),
+            sqlite_where=text("status = 'processing'"),
+        ),
         Index(
             "ix_payment_settling",
             "settles_at",
@@ -130,6 +137,9 @@ class Payment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What a settlement paid with this payment wrote off the balance; given back if the
+    # payment is returned.
+    written_off_cents: Mapped[int | None] = mapped_column(BigInteger)
 
     account: Mapped[Account] = relationship()
     method: Mapped[PaymentMethod] = relationship()

@@ -193,7 +193,8 @@ def settle(session: Session, payment: Payment, result: ChargeResult, now: dateti
         payment.decline_message = result.decline_message
         account = session.get(Account, payment.account_id, with_for_update=True)
         if account is not None:
-            account.balance_cents += payment.amount_cents  # the money never came
+            # The money never came: the balance is owed again, with any settlement discount.
+            account.balance_cents += payment.amount_cents + (payment.written_off_cents or 0)
     session.flush()
 
 

@@ -645,3 +645,29 @@ def run_together(app: Flask, work, *, threads: int) -> list[Any]:
         thread.join()
     assert not errors, errors
     return results
+
+
+def test_a_charge_stuck_in_processing_is_reconciled_by_the_sweep(app, time_machine):
+    from app.payments.models import PaymentStatus
+
+    link_id = make_link(app)
+    payment_id = schedule_payment(app, link_id)
+    at(time_machine, DUE)
+    with app.extensions["paylink.db"].transaction() as session:
+        # The worker died after the gateway call: the row says processing, nothing else.
+        payments.transition(session.get(Payment, payment_id), PaymentStatus.processing, DUE)
+    with app.app_context():
+        assert link_jobs.reconcile_stuck_charges(DUE + timedelta(minutes=1)) == {
+            "stuck": 0,
+            "enqueued": 0,
+        }
+        assert link_jobs.reconcile_stuck_charges(DUE + timedelta(minutes=6)) == {
+            "stuck": 1,
+            "enqueued": 1,
+        }
+    at(time_machine, DUE + timedelta(minutes=6))
+    drain(app)  # a forked worker: the charge is seen in the rows it wrote
+    assert payment(app, payment_id).status == "paid"
+    assert payment(app, payment_id).gateway_reference is not None
+    assert len(actions(app, "payment.paid")) == 1
+    assert len(messages(app, "receipt")) == 1
