@@ -164,6 +164,7 @@ def _register_features(app: Flask) -> None:
     from offers import plans_api
     from signing import api as agreements_api
     from signing import storage as document_storage
+    from signing import views as offer_views
 
     app.register_blueprint(links_api.bp)
     csrf.exempt(links_api.bp)
@@ -171,6 +172,7 @@ def _register_features(app: Flask) -> None:
     csrf.exempt(offers_api.bp)
     app.register_blueprint(link_views.bp)
     app.register_blueprint(lookup_views.bp)
+    app.register_blueprint(offer_views.bp)
     app.register_blueprint(plans_api.bp)
     csrf.exempt(plans_api.bp)
     app.register_blueprint(agreements_api.bp)
