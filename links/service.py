@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app import audit
 from app.clock import isoformat
@@ -211,9 +211,14 @@ def find_link(
         token_id = tokens.verify(token)
     except TokenInvalid:
         raise LinkNotFound from None
-    stmt = select(PaymentLink).where(PaymentLink.token_id == token_id)
+    # The account comes in the same query: every page of the flow needs it.
+    stmt = (
+        select(PaymentLink)
+        .where(PaymentLink.token_id == token_id)
+        .options(joinedload(PaymentLink.account))
+    )
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(of=PaymentLink)
     link = session.scalar(stmt)
     if link is None:
         raise LinkNotFound

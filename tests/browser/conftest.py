@@ -131,7 +131,7 @@ def accessible(request: pytest.FixtureRequest) -> Iterator[Callable[[Page], None
 
     def check(tab: Page) -> None:
         tab.wait_for_load_state("load")
-        path = re.sub(r"^/p/[^/]+", "/p/<token>", urlsplit(tab.url).path)
+        path = re.sub(r"^/([po])/[^/]+", r"/\1/<token>", urlsplit(tab.url).path)
         results = tab.evaluate("axe.run({resultTypes: ['violations']})")
         found = [
             AxeFinding(
