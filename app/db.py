@@ -6,6 +6,7 @@ transaction. Nothing connects at import time.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import os
 from collections.abc import Iterator
@@ -61,6 +62,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def one_of(column: str, values: type[enum.StrEnum]) -> str:
+    """A CHECK constraint's text: ``column`` holds one of the enum's values."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
 def load_models() -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.clock import utcnow
-from app.db import Base, UTCDateTime
+from app.db import Base, UTCDateTime, one_of
 
 
 class Role(enum.StrEnum):
@@ -42,13 +42,9 @@ class Hold(enum.StrEnum):
     cease_communication = "cease_communication"
 
 
-def _in(column: str, values: type[enum.StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
-
-
 class Agent(Base):
     __tablename__ = "agent"
-    __table_args__ = (CheckConstraint(_in("role", Role), name="role"),)
+    __table_args__ = (CheckConstraint(one_of("role", Role), name="role"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)  # stored lower-case
@@ -89,7 +85,7 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint("balance_cents >= 0", name="balance_not_negative"),
         CheckConstraint("length(currency) = 3", name="currency_code"),
-        CheckConstraint("hold IS NULL OR " + _in("hold", Hold), name="hold"),
+        CheckConstraint("hold IS NULL OR " + one_of("hold", Hold), name="hold"),
         Index("ix_account_name", "name"),
     )
 
@@ -211,8 +207,8 @@ class Message(Base):
 
     __tablename__ = "message"
     __table_args__ = (
-        CheckConstraint(_in("channel", Channel), name="channel"),
-        CheckConstraint(_in("status", MessageStatus), name="status"),
+        CheckConstraint(one_of("channel", Channel), name="channel"),
+        CheckConstraint(one_of("status", MessageStatus), name="status"),
         CheckConstraint("attempts >= 0", name="attempts"),
         # The outbox sweep reads only messages still waiting to go out.
         Index(

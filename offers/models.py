@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.clock import utcnow
-from app.db import Base, UTCDateTime
+from app.db import Base, UTCDateTime, one_of
 from app.models import Account
 
 
@@ -54,17 +54,13 @@ class InstallmentStatus(enum.StrEnum):
     cancelled = "cancelled"
 
 
-def _in(column: str, values: type[enum.StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
-
-
 class Offer(Base):
     """A payment-plan or settlement offer sent to a customer. The token in its URL carries
     ``token_id`` only; this row decides whether it is still open."""
 
     __tablename__ = "offer"
     __table_args__ = (
-        CheckConstraint(_in("status", OfferStatus), name="status"),
+        CheckConstraint(one_of("status", OfferStatus), name="status"),
         CheckConstraint("kind IN ('plan', 'settlement')", name="kind"),
         CheckConstraint(
             "frequency IN ('weekly', 'biweekly', 'monthly', 'semimonthly')", name="frequency"
@@ -162,7 +158,7 @@ class PaymentPlan(Base):
     """The plan an accepted offer became."""
 
     __tablename__ = "payment_plan"
-    __table_args__ = (CheckConstraint(_in("status", PlanStatus), name="status"),)
+    __table_args__ = (CheckConstraint(one_of("status", PlanStatus), name="status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     offer_id: Mapped[int] = mapped_column(ForeignKey("offer.id"), unique=True)
@@ -186,7 +182,7 @@ class Installment(Base):
     __table_args__ = (
         UniqueConstraint("plan_id", "n"),
         CheckConstraint("amount_cents > 0", name="amount_positive"),
-        CheckConstraint(_in("status", InstallmentStatus), name="status"),
+        CheckConstraint(one_of("status", InstallmentStatus), name="status"),
         CheckConstraint("attempts >= 0", name="attempts"),
         # The charge sweep reads only scheduled installments, by when they are next due.
         Index(

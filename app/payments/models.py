@@ -14,7 +14,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, 
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.clock import utcnow
-from app.db import Base, UTCDateTime
+from app.db import Base, UTCDateTime, one_of
 from app.models import Account
 
 
@@ -47,14 +47,10 @@ TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
 }
 
 
-def _in(column: str, values: type[enum.StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
-
-
 class PaymentMethod(Base):
     __tablename__ = "payment_method"
     __table_args__ = (
-        CheckConstraint(_in("kind", MethodKind), name="kind"),
+        CheckConstraint(one_of("kind", MethodKind), name="kind"),
         CheckConstraint("length(last4) = 4", name="last4"),
         CheckConstraint(
             "account_type IS NULL OR account_type IN ('checking', 'savings')", name="account_type"
@@ -95,7 +91,7 @@ class Payment(Base):
     __tablename__ = "payment"
     __table_args__ = (
         CheckConstraint("amount_cents > 0", name="amount_positive"),
-        CheckConstraint(_in("status", PaymentStatus), name="status"),
+        CheckConstraint(one_of("status", PaymentStatus), name="status"),
         Index(
             "ix_payment_due",
             "scheduled_for",
