@@ -15,12 +15,10 @@ figure is the median of three runs, each on a freshly migrated, empty database:
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from flask import Flask  # noqa: E402
-from sqlalchemy import func, insert, make_url, select  # noqa: E402
+from sqlalchemy import func, insert, select  # noqa: E402
 
-from app import accounts, create_app, migrate  # noqa: E402
+from app import accounts, create_app  # noqa: E402
 from app.audit import Actor  # noqa: E402
 from app.embedded_redis import RedisServer, free_port  # noqa: E402
 from app.models import Account  # noqa: E402
+from tests.bench.databases import PostgresDatabases, SqliteDatabases  # noqa: E402
 
 ROWS = 10_000
 RUNS = 3
@@ -77,66 +75,6 @@ def baseline_values(rows: list[dict[str, str]], now: datetime) -> list[dict[str,
 
 
 # --- databases -----------------------------------------------------------------------------
-
-
-class SqliteDatabases:
-    """A migrated template file, copied for every run."""
-
-    name = "SQLite"
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.template = directory / "template.sqlite3"
-        migrate.upgrade(f"sqlite:///{self.template}")
-        self.count = 0
-
-    def fresh(self) -> str:
-        self.count += 1
-        target = self.directory / f"run-{self.count}.sqlite3"
-        shutil.copyfile(self.template, target)
-        return f"sqlite:///{target}"
-
-    def close(self) -> None:
-        pass
-
-
-class PostgresDatabases:
-    """A database of the bench's own on the server, emptied before every run."""
-
-    name = "PostgreSQL"
-
-    def __init__(self, server_url: str):
-        self.admin = make_url(server_url).set(drivername="postgresql")
-        self.db_name = f"paylink_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(self._conninfo(self.admin), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.url = (
-            make_url(server_url).set(database=self.db_name).render_as_string(hide_password=False)
-        )
-        migrate.upgrade(self.url)
-
-    @staticmethod
-    def _conninfo(url: Any) -> str:
-        return url.render_as_string(hide_password=False)
-
-    def fresh(self) -> str:
-        conninfo = self._conninfo(make_url(self.url).set(drivername="postgresql"))
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            tables = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tablename <> 'alembic_version'"
-                )
-            ]
-            conn.execute(
-                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
-            )
-        return self.url
-
-    def close(self) -> None:
-        with psycopg.connect(self._conninfo(self.admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
 
 @contextmanager

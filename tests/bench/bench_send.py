@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,17 +41,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 import requests  # noqa: E402
 from flask import Flask  # noqa: E402
-from sqlalchemy import func, insert, make_url, select  # noqa: E402
+from sqlalchemy import func, insert, select  # noqa: E402
 
-from app import create_app, migrate  # noqa: E402
+from app import create_app  # noqa: E402
 from app.embedded_redis import RedisServer, free_port  # noqa: E402
 from app.messaging import render  # noqa: E402
 from app.messaging.outbox import MessageEnv, base_context, queue_message, send_job  # noqa: E402
 from app.models import Account, Message  # noqa: E402
 from app.settings import get_settings  # noqa: E402
+from tests.bench.databases import PostgresDatabases, SqliteDatabases  # noqa: E402
 from tests.fakes.providers import (  # noqa: E402
     SENDGRID_API_KEY,
     TWILIO_ACCOUNT_SID,
@@ -75,62 +73,6 @@ TARGET_CALLS = 10
 
 
 # --- databases -----------------------------------------------------------------------------
-
-
-class SqliteDatabases:
-    name = "SQLite"
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.template = directory / "template.sqlite3"
-        migrate.upgrade(f"sqlite:///{self.template}")
-        self.count = 0
-
-    def fresh(self) -> str:
-        self.count += 1
-        target = self.directory / f"run-{self.count}.sqlite3"
-        shutil.copyfile(self.template, target)
-        return f"sqlite:///{target}"
-
-    def close(self) -> None:
-        pass
-
-
-class PostgresDatabases:
-    name = "PostgreSQL"
-
-    def __init__(self, server_url: str):
-        self.admin = make_url(server_url).set(drivername="postgresql")
-        self.db_name = f"paylink_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(self._conninfo(self.admin), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.url = (
-            make_url(server_url).set(database=self.db_name).render_as_string(hide_password=False)
-        )
-        migrate.upgrade(self.url)
-
-    @staticmethod
-    def _conninfo(url: Any) -> str:
-        return url.render_as_string(hide_password=False)
-
-    def fresh(self) -> str:
-        conninfo = self._conninfo(make_url(self.url).set(drivername="postgresql"))
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            tables = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tablename <> 'alembic_version'"
-                )
-            ]
-            conn.execute(
-                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
-            )
-        return self.url
-
-    def close(self) -> None:
-        with psycopg.connect(self._conninfo(self.admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
 
 @contextmanager
