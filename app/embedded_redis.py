@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -37,10 +38,20 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server child process."""
 
-    def __init__(self, directory: Path, *, port: int | None = None, persist: bool = True):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        persist: bool = True,
+        die_with_parent: bool = False,
+    ):
         self.directory = Path(directory)
         self.port = port
         self.persist = persist
+        # Linux: the server gets SIGTERM when the process that started it dies, even by
+        # SIGKILL (a killed test run leaves no server behind).
+        self.die_with_parent = die_with_parent
         self.socket_path = self.directory / "redis.sock"
         self.pidfile = self.directory / "redis.pid"
         self.process: subprocess.Popen[bytes] | None = None
@@ -82,7 +93,10 @@ class RedisServer:
         else:
             args += ["--appendonly", "no", "--save", ""]
         self.process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-            args, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_parent_death_signal if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -107,6 +121,15 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _parent_death_signal() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent stops the server itself
 
 
 _owned: RedisServer | None = None

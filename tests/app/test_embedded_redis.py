@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,3 +70,24 @@ def test_process_that_started_it_stops_it_on_exit(tmp_path):
     )  # fmt: skip
     assert result.stdout.strip() == "True", result.stderr
     assert not RedisServer(tmp_path / "redis").ping()
+
+
+def test_a_server_started_to_die_with_its_parent_does(tmp_path):
+    # The test run's own server: if pytest is killed, its redis-server goes too.
+    script = (
+        "import sys, os, time\n"
+        "from pathlib import Path\n"
+        "from app.embedded_redis import RedisServer, free_port\n"
+        f"s = RedisServer(Path({str(tmp_path)!r}), port=free_port(), persist=False,"
+        " die_with_parent=True)\n"
+        "s.start()\n"
+        "print(s.process.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    pid = int(result.stdout.strip())
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=10)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
