@@ -140,7 +140,8 @@ def revoke_api_key(prefix: str) -> None:
 @click.command("seed-demo")
 @with_appcontext
 def seed_demo() -> None:
-    """A demo admin agent (new password and API key each run) and a few accounts."""
+    """A demo admin agent (new password and API key each run), a few accounts, and a fresh
+    payment link and payment-plan offer to try; prints them."""
     now = utcnow()
     actor = audit.Actor.system("seed-demo")
     cfg = _config()
@@ -169,11 +170,46 @@ def seed_demo() -> None:
                     raise click.ClickException(str(errors.by_field))
                 accounts.create_account(session, values, actor, now)
                 created += 1
+        link_url, offer_url = _demo_link_and_offer(session, actor, agent.id, now)
     click.echo(f"demo accounts: {created} created, {len(DEMO_ACCOUNTS) - created} already there")
     click.echo(f"console: {cfg.base_url}/console/login")
     click.echo(f"email: {DEMO_EMAIL}")
     click.echo(f"password: {password}")
     click.echo(f"api key: {issued.key}")
+    click.echo(f"demo link: {link_url}")
+    click.echo(f"demo offer: {offer_url}")
+
+
+def _demo_link_and_offer(session, actor: audit.Actor, agent_id: int, now):
+    """A new payment link for the first demo account and a plan offer for the second."""
+    from datetime import timedelta
+
+    from links import service as link_service
+    from links.web import link_tokens, message_env
+    from offers import plan_math
+    from offers import service as offer_service
+    from offers.web import offer_tokens
+
+    first = accounts.find_by_external_id(session, DEMO_ACCOUNTS[0]["external_id"])
+    second = accounts.find_by_external_id(session, DEMO_ACCOUNTS[1]["external_id"])
+    env = message_env()
+    link = link_service.create_link(
+        session, first, amount_cents=None, channels=None, expires_in_hours=None, actor=actor,
+        agent_id=agent_id, now=now, env=env, tokens=link_tokens(),
+    )  # fmt: skip
+    today = plan_math.local_today(now, second.timezone or "America/New_York")
+    offer, offer_url, _messages = offer_service.create_offer(
+        session,
+        offer_service.OfferRequest(
+            account=second, kind="plan", total_cents=second.balance_cents, installment_count=3,
+            frequency="monthly", first_due_date=today + timedelta(days=7),
+            expires_at=now + timedelta(days=7), channels=link_service.available_channels(second),
+            reminder_offsets=["72h", "24h", "2h"],
+        ),
+        percent_off=None, actor=actor, agent_id=agent_id, now=now, env=env, tokens=offer_tokens(),
+    )  # fmt: skip
+    del offer
+    return link.url, offer_url
 
 
 @click.command("sweep")

@@ -156,6 +156,9 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
+_demo_urls: list[str] = []  # "demo link: URL" lines from seed-demo, for the banner
+
+
 def _flask(*command: str) -> list[str]:
     return [sys.executable, "-m", "flask", "--app", "app", *command]
 
@@ -169,6 +172,8 @@ def _seed_demo(env: dict[str, str]) -> None:
     say("Demo data (a new password and API key on every start):")
     for line in result.stdout.splitlines():
         say(f"  {line}")
+        if line.startswith(("demo link: ", "demo offer: ")):
+            _demo_urls.append(line)
 
 
 def _start_redis(cfg: Config) -> tuple[str, bool]:
@@ -268,6 +273,9 @@ def _banner(port: int, cfg: Config) -> None:
     say(f"  Console:  {local}/console/login   (the demo email and password are above)")
     say(f"  Outbox:   {local}/dev/outbox   (what the SMS and email outboxes sent)")
     say(f"  Ready:    {local}/readyz")
+    for line in _demo_urls:
+        name, _, url = line.partition(": ")
+        say(f"  {name.title() + ':':<10}{url}")
     if cfg.base_url.rstrip("/") != local:
         say(f"  Links in messages point at {cfg.base_url}")
     say("Press Ctrl-C to stop.")
