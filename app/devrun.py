@@ -274,8 +274,9 @@ def _banner(port: int, cfg: Config) -> None:
     say(f"  Outbox:   {local}/dev/outbox   (what the SMS and email outboxes sent)")
     say(f"  Ready:    {local}/readyz")
     for line in _demo_urls:
-        name, _, url = line.partition(": ")
-        say(f"  {name.title() + ':':<10}{url}")
+        name, _, url = line.partition(": ")  # "demo link" or "demo offer"
+        label = name.split()[-1].title() + ":"
+        say(f"  {label:<10}{url}   (a demo to try)")
     if cfg.base_url.rstrip("/") != local:
         say(f"  Links in messages point at {cfg.base_url}")
     say("Press Ctrl-C to stop.")
