@@ -239,6 +239,8 @@ class Message(Base):
     # One message per causing event and channel, e.g. "reminder-17-2-sms".
     dedupe_key: Mapped[str | None] = mapped_column(String(120), unique=True)
     scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)  # not before this instant
+    # Moot from this instant on (a reminder after its offer's expiry): never sent after it.
+    send_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,7 +8,7 @@ Features name jobs by dotted path (``"workers.jobs.send_message"``) so nothing i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,9 @@ RESULT_TTL = 3600  # a finished job's id keeps refusing duplicates this long
 FAILURE_TTL = 14 * 86400
 
 _PENDING = "paylink_pending_jobs"
+_CLAIM = "paylink:enqueued:"  # enqueue_many's claim on a job id
+CLAIM_SECONDS = 60
+_LIVE = ("queued", "started", "scheduled", "deferred")  # a job still to run, or running
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,62 @@ class JobQueue:
             log.info("job %s already exists; not enqueued again", spec.job_id)
             return None
 
+    def enqueue_many(self, specs: Sequence[JobSpec]) -> int:
+        """Enqueue many jobs now in two Redis round trips, each id at most once at a time.
+
+        The first round trip claims every id for a minute (SET NX), so of two sweeps
+        racing exactly one enqueues it, and reads the status of any job already under that
+        id: one still waiting or running is left alone; one that finished or failed is
+        replaced (the row it works on is due again or still due, and jobs re-check their
+        rows under locks, so a repeat is harmless where a lost one would stall the work).
+        The second round trip enqueues. Returns how many were enqueued. Ids are required;
+        ``at`` is not supported (use ``enqueue``)."""
+        if not specs:
+            return 0
+        if any(spec.job_id is None or spec.at is not None for spec in specs):
+            raise ValueError("enqueue_many needs job ids and enqueues for now")
+        connection = self.connection
+        with connection.pipeline(transaction=False) as pipe:
+            for spec in specs:
+                pipe.set(f"{_CLAIM}{spec.job_id}", 1, nx=True, ex=CLAIM_SECONDS)
+                pipe.hget(Job.key_for(spec.job_id), "status")
+            answers = pipe.execute()
+        fresh, ended = [], []
+        for spec, claimed, status in zip(specs, answers[0::2], answers[1::2], strict=True):
+            state = status.decode() if isinstance(status, bytes) else status
+            if claimed and state not in _LIVE:
+                fresh.append(spec)
+                if state is not None:
+                    ended.append(spec.job_id)
+        try:
+            for ended_id in ended:  # out of its registries, so it shows only once
+                Job.fetch(ended_id, connection=connection, serializer=JSONSerializer).delete()
+            by_queue: dict[str, list[JobSpec]] = {}
+            for spec in fresh:
+                by_queue.setdefault(spec.queue, []).append(spec)
+            with connection.pipeline() as pipe:
+                for name, group in by_queue.items():
+                    datas = [_enqueue_data(spec) for spec in group]
+                    self.queue(name).enqueue_many(datas, pipeline=pipe)
+                pipe.execute()
+        except Exception:
+            # Not enqueued: let the next sweep claim these ids again at once.
+            connection.delete(*(f"{_CLAIM}{spec.job_id}" for spec in fresh))
+            raise
+        return len(fresh)
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _enqueue_data(spec: JobSpec) -> Any:
+    retry = Retry(max=len(spec.retry), interval=list(spec.retry)) if spec.retry else None
+    return Queue.prepare_data(
+        spec.func, args=spec.args, job_id=spec.job_id, timeout=spec.timeout,
+        result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, meta=spec.meta or None, retry=retry,
+    )  # fmt: skip
 
 
 def _create_options(options: dict[str, Any]) -> dict[str, Any]:

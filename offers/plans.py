@@ -8,15 +8,15 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import column, select, table
+from sqlalchemy import and_, column, or_, select, table
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.clock import isoformat
 from app.messaging.outbox import MessageEnv, queue_message
 from app.messaging.render import money
-from app.models import Account, Channel, Message, OrgSettings
-from app.payments.models import PaymentMethod
+from app.models import Account, AuditEvent, Channel, Message, OrgSettings
+from app.payments.models import Payment, PaymentMethod
 from offers import trail
 from offers.models import Installment, InstallmentStatus, PaymentPlan, PlanStatus
 
@@ -33,6 +33,13 @@ class PlanEnded(Exception):
     """The plan is completed or defaulted: it can no longer be cancelled (API: 409)."""
 
 
+class ChargeInFlight(PlanEnded):
+    """An installment's charge is at the gateway right now (its payment ``processing``):
+    cancelling now could not promise that nothing more is taken, so the cancellation waits
+    until the answer is recorded, within a minute or, after a crash, the stuck-charge
+    sweep's few minutes (API: 409, try again)."""
+
+
 def agreement_id(session: Session, plan: PaymentPlan) -> int | None:
     return session.scalar(select(_AGREEMENT.c.id).where(_AGREEMENT.c.offer_id == plan.offer_id))
 
@@ -45,11 +52,20 @@ def cancelled_key(plan_id: int) -> str:
     return f"plan-cancelled-{plan_id}"
 
 
+def completed_key(plan_id: int) -> str:
+    return f"plan-completed-{plan_id}"
+
+
+def defaulted_key(plan_id: int) -> str:
+    return f"plan-defaulted-{plan_id}"
+
+
 def plan_messages(session: Session, plan: PaymentPlan) -> list[Message]:
-    """The confirmation and cancellation notices of the plan, oldest first."""
+    """The plan's own notices (confirmed, cancelled, completed, defaulted), oldest first."""
     keys = [
         f"{prefix}-{channel}"
-        for prefix in (confirmed_key(plan.id), cancelled_key(plan.id))
+        for key in (confirmed_key, cancelled_key, completed_key, defaulted_key)
+        for prefix in (key(plan.id),)
         for channel in CHANNELS
     ]
     return list(
@@ -87,7 +103,40 @@ def plan_json(session: Session, plan: PaymentPlan) -> dict[str, Any]:
             {"id": m.id, "channel": m.channel, "kind": m.kind, "status": m.status}
             for m in plan_messages(session, plan)
         ],
+        "events": plan_events(session, plan),
     }
+
+
+def plan_events(session: Session, plan: PaymentPlan) -> list[dict[str, Any]]:
+    """The plan's timeline, oldest first: its acceptance, then every lifecycle step the
+    audit log holds for it (charge attempts, payments, declines and retries, method
+    changes, completion, default, cancellation)."""
+    rows = session.scalars(
+        select(AuditEvent)
+        .where(
+            or_(
+                and_(
+                    AuditEvent.object_type == "payment_plan",
+                    AuditEvent.object_id == str(plan.id),
+                ),
+                and_(
+                    AuditEvent.object_type == "offer",
+                    AuditEvent.object_id == str(plan.offer_id),
+                    AuditEvent.action == "offer.accepted",
+                ),
+            )
+        )
+        .order_by(AuditEvent.at, AuditEvent.id)
+    )
+    return [
+        {
+            "type": row.action,
+            "at": isoformat(row.at),
+            "actor": {"type": row.actor_type, "id": row.actor_id},
+            "data": row.data or {},
+        }
+        for row in rows
+    ]
 
 
 # --- what the customer is told ------------------------------------------------------------
@@ -189,14 +238,17 @@ def cancel_plan(
     *,
     env: MessageEnv,
     reason_text: str | None = None,
+    refuse_in_flight: bool = True,
 ) -> bool:
     """Cancel an active plan: every scheduled installment cancelled, the trail and the
     audit log told, the customer's notice queued — all in the caller's transaction.
 
     Locks the plan and its installments first, so a charge job that takes an installment's
     lock sees it cancelled. Returns False (and changes nothing) for a plan already
-    cancelled; raises PlanEnded for a completed or defaulted one. An installment whose
-    charge is already under way (pending) is left to finish. Flushes.
+    cancelled; raises PlanEnded for a completed or defaulted one, and ChargeInFlight while
+    an installment's charge is at the gateway (``refuse_in_flight``; the failed-payment
+    policy cancels anyway and lets that charge finish). A bank debit the gateway already
+    accepted (pending) is left to settle. Flushes.
     """
     session.refresh(plan, with_for_update=True)
     if plan.status == PlanStatus.cancelled:
@@ -212,6 +264,14 @@ def cancel_plan(
             .execution_options(populate_existing=True)
         )
     )
+    if refuse_in_flight:
+        attempts = [i.last_payment_id for i in installments if i.status == "pending"]
+        if attempts and session.scalar(
+            select(Payment.id).where(Payment.id.in_(attempts), Payment.status == "processing")
+        ):
+            raise ChargeInFlight(
+                "a payment of the plan is being processed right now; try again in a few minutes"
+            )
     cancelled = []
     for item in installments:
         if item.status == InstallmentStatus.scheduled:

@@ -19,8 +19,8 @@ from app.settings import get_settings
 from app.validation import Errors
 from links.service import available_channels, local_text
 from links.tokens import UrlTokens
-from offers import plan_math, trail
-from offers.models import OPEN_OFFER, Offer, OfferReminder, OfferStatus, PaymentPlan
+from offers import plan_math, reminders, trail
+from offers.models import OPEN_OFFER, Offer, OfferStatus, PaymentPlan
 
 FREQUENCY_TEXT = {
     "weekly": "every week",
@@ -172,17 +172,6 @@ def create_offer(
     offer.account = req.account
     session.add(offer)
     session.flush()
-    ordered = sorted(req.reminder_offsets, key=lambda o: plan_math.parse_offset(o), reverse=True)
-    for n, offset in enumerate(ordered, start=1):
-        session.add(
-            OfferReminder(
-                offer_id=offer.id,
-                n=n,
-                offset=offset,
-                due_at=req.expires_at - plan_math.parse_offset(offset),
-                status="pending",
-            )
-        )
     url = f"{env.base_url}/o/{token}"
     messages = queue_message(
         session, req.account, "offer", req.channels, offer_message_context(offer, settings, url),
@@ -194,6 +183,8 @@ def create_offer(
         data={"kind": offer.kind, "total_cents": offer.total_cents, "schedule": schedule,
               "channels": req.channels, "expires_at": isoformat(offer.expires_at)},
     )  # fmt: skip
+    nominal = [(o, req.expires_at - plan_math.parse_offset(o)) for o in req.reminder_offsets]
+    reminders.schedule_reminders(session, offer, nominal, settings=settings, now=now)
     audit.record(
         session, actor, "offer.created", "offer", offer.id, now,
         {"account_id": req.account.id, "kind": req.kind, "total_cents": req.total_cents},
@@ -224,7 +215,9 @@ def mark_viewed(
 
 
 def revoke_offer(session: Session, offer: Offer, actor: audit.Actor, now: datetime) -> None:
-    """Revoke an open offer; revoking a revoked one changes nothing; OfferEnded otherwise."""
+    """Revoke an open offer; revoking a revoked one changes nothing; OfferEnded otherwise.
+    Takes the offer's row lock first, as the reminder and expiry sweeps do."""
+    session.refresh(offer, with_for_update=True)
     refresh_status(offer, now)
     if offer.status == OfferStatus.revoked:
         return
@@ -232,11 +225,7 @@ def revoke_offer(session: Session, offer: Offer, actor: audit.Actor, now: dateti
         raise OfferEnded(f"the offer is {offer.status}")
     offer.status = OfferStatus.revoked.value
     offer.revoked_at = now
-    for reminder in offer.reminders:
-        if reminder.status == "pending":
-            reminder.status = "cancelled"
-            reminder.decided_at = now
-            reminder.decision = "offer revoked"
+    reminders.cancel_reminders(session, offer, "offer revoked", now)
     trail.append(session, offer.id, "offer.revoked", now, data={"by": actor.type})
     audit.record(session, actor, "offer.revoked", "offer", offer.id, now)
     session.flush()
@@ -246,16 +235,13 @@ def decline_offer(
     session: Session, offer: Offer, now: datetime, *, ip: str | None, user_agent: str | None
 ) -> None:
     """The customer declined. OfferGone / OfferEnded when it is not open."""
+    session.refresh(offer, with_for_update=True)
     refresh_status(offer, now)
     if offer.status not in OPEN_OFFER:
         raise OfferEnded(f"the offer is {offer.status}")
     offer.status = OfferStatus.declined.value
     offer.declined_at = now
-    for reminder in offer.reminders:
-        if reminder.status == "pending":
-            reminder.status = "cancelled"
-            reminder.decided_at = now
-            reminder.decision = "offer declined"
+    reminders.cancel_reminders(session, offer, "offer declined", now)
     trail.append(session, offer.id, "offer.declined", now, ip=ip, user_agent=user_agent)
     audit.record(
         session,
@@ -269,9 +255,16 @@ def decline_offer(
 
 
 def offer_messages(session: Session, offer: Offer) -> list[Message]:
-    stmt = select(Message).where(Message.dedupe_key.like(f"offer-{offer.id}%")).order_by(Message.id)
-    reminder_stmt = select(Message).where(Message.dedupe_key.like(f"reminder-{offer.id}-%"))
-    return list(session.scalars(stmt)) + list(session.scalars(reminder_stmt.order_by(Message.id)))
+    # Exact keys: a pattern like "offer-1%" would also match offer 10's messages.
+    prefixes = [
+        f"offer-{offer.id}",
+        *(reminders.reminder_key(offer.id, n) for n in (1, 2, 3)),
+        reminders.expired_key(offer.id),
+    ]
+    keys = [f"{prefix}-{channel}" for prefix in prefixes for channel in ("sms", "email")]
+    return list(
+        session.scalars(select(Message).where(Message.dedupe_key.in_(keys)).order_by(Message.id))
+    )
 
 
 def offer_json(session: Session, offer: Offer, url: str | None = None) -> dict[str, Any]:

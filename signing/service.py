@@ -32,8 +32,8 @@ from app.queue import JobSpec, enqueue_after_commit
 from app.settings import get_settings
 from links import checkout
 from links.service import LOCKOUT, MAX_FAILED_VERIFICATIONS
+from offers import reminders, trail
 from offers import service as offers
-from offers import trail
 from offers.models import (
     Installment,
     InstallmentStatus,
@@ -505,11 +505,7 @@ def capture_signature(
         )
     offer.status = OfferStatus.accepted.value
     offer.accepted_at = now
-    for reminder in offer.reminders:
-        if reminder.status == "pending":
-            reminder.status = "cancelled"
-            reminder.decided_at = now
-            reminder.decision = "offer accepted"
+    reminders.cancel_reminders(session, offer, "offer accepted", now)
     captured = {
         "agreement_id": agreement.id,
         "signer_name": signature.signer_name,

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
-from flask import current_app
-from sqlalchemy import ColumnElement, literal_column, select, tuple_
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.clock import utcnow
-from app.db import Database
 from app.models import Account
 from app.payments import service as payments
-from app.payments.gateway import PENDING
+from app.payments.gateway import PENDING, ChargeResult
 from app.payments.models import Payment, PaymentStatus
-from app.queue import PAYMENTS, JobQueue, JobSpec, job_id
+from app.queue import PAYMENTS, JobSpec, job_id
 from links import checkout, lookup, receipts
 from links.models import LinkStatus, PaymentLink
 from links.service import link_url
 from links.web import gateway, link_tokens, message_env
-from workers.runtime import paylink_job
+from workers import plans as plan_jobs
+from workers.runtime import job_db, job_now, job_queue, paylink_job, status_is
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +35,6 @@ MAX_ROWS = 50_000  # per duty run: a backlog larger than this is left for the ne
 CHARGE_JOB = "workers.links.charge_payment"
 CHARGE_TIMEOUT = 120  # one gateway call, with room for a slow gateway
 SWEEPER = audit.Actor.system("sweep")
-
-
-def _db() -> Database:
-    return current_app.extensions["paylink.db"]
-
-
-def _queue() -> JobQueue:
-    return current_app.extensions["paylink.queue"]
-
-
-def _status_is(column: Any, value: str) -> ColumnElement[bool]:
-    # A literal, not a bound parameter, so any plan can be matched to the partial index's
-    # WHERE: psycopg prepares a statement run often, and PostgreSQL's generic plan for
-    # "status = $1" could not use an index whose predicate is "status = 'active'".
-    return column == literal_column(f"'{value}'")
 
 
 # --- expiry -------------------------------------------------------------------------------
@@ -63,10 +46,10 @@ def expire_links(now: datetime) -> dict[str, int]:
     Idempotent: only active rows are taken, under SKIP LOCKED, and each batch commits."""
     expired = 0
     while expired < MAX_ROWS:
-        with _db().transaction() as session:
+        with job_db().transaction() as session:
             links = session.scalars(
                 select(PaymentLink)
-                .where(_status_is(PaymentLink.status, "active"), PaymentLink.expires_at <= now)
+                .where(status_is(PaymentLink.status, "active"), PaymentLink.expires_at <= now)
                 .order_by(PaymentLink.expires_at, PaymentLink.id)
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
@@ -86,10 +69,12 @@ def expire_links(now: datetime) -> dict[str, int]:
 # --- scheduled payments -------------------------------------------------------------------
 
 
-def charge_job(payment_id: int) -> JobSpec:
-    """The one job that charges a payment: the id is the payment's, so it is enqueued once."""
+def charge_job(payment_id: int, as_of: datetime | None = None) -> JobSpec:
+    """The one job that charges a payment: the id is the payment's, so it is enqueued once;
+    it acts as of the sweep's instant ``as_of`` when that is ahead of the clock."""
+    args = (payment_id, as_of.isoformat()) if as_of else (payment_id,)
     return JobSpec(
-        CHARGE_JOB, (payment_id,), job_id=job_id("charge-payment", payment_id), queue=PAYMENTS,
+        CHARGE_JOB, args, job_id=job_id("charge-payment", payment_id), queue=PAYMENTS,
         timeout=CHARGE_TIMEOUT, unique=True,
     )  # fmt: skip
 
@@ -101,10 +86,10 @@ def charge_scheduled_payments(now: datetime) -> dict[str, int]:
     due = enqueued = 0
     after: tuple[datetime, int] | None = None
     while due < MAX_ROWS:
-        with _db().transaction() as session:
+        with job_db().transaction() as session:
             stmt = (
                 select(Payment.id, Payment.scheduled_for)
-                .where(_status_is(Payment.status, "scheduled"), Payment.scheduled_for <= now)
+                .where(status_is(Payment.status, "scheduled"), Payment.scheduled_for <= now)
                 .order_by(Payment.scheduled_for, Payment.id)
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
@@ -114,9 +99,7 @@ def charge_scheduled_payments(now: datetime) -> dict[str, int]:
             rows = session.execute(stmt).all()
         # Committed: a concurrent sweep skipped these rows while they were locked, and one
         # that reads them now finds their jobs already there (the id refuses a second).
-        for row in rows:
-            if _queue().enqueue(charge_job(row.id)) is not None:
-                enqueued += 1
+        enqueued += job_queue().enqueue_many([charge_job(row.id, now) for row in rows])
         due += len(rows)
         if len(rows) < BATCH:
             break
@@ -125,15 +108,15 @@ def charge_scheduled_payments(now: datetime) -> dict[str, int]:
 
 
 @paylink_job
-def charge_payment(payment_id: int) -> dict[str, str]:
+def charge_payment(payment_id: int, as_of: str | None = None) -> dict[str, str]:
     """Charge one due scheduled payment and record the answer, with its receipt or notice.
 
     Re-checks under the row lock (still scheduled? link not revoked?) and moves the payment
     to processing in its own commit before the gateway call; the payment's idempotency key
     makes a repeated call (a job run twice, a retry after a crash) one charge, and only the
     run that records the answer sends the customer anything."""
-    now = utcnow()
-    with _db().transaction() as session:
+    now = job_now(as_of)
+    with job_db().transaction() as session:
         payment = session.get(Payment, payment_id, with_for_update=True)
         if payment is None:
             return {"outcome": "missing"}
@@ -156,7 +139,7 @@ def charge_payment(payment_id: int) -> dict[str, str]:
     # Committed: a crash from here on leaves a processing payment its retry charges again
     # under the same key, which the gateway answers with the first result.
     result = payments.call_gateway(gateway(), payment, method, now)
-    with _db().transaction() as session:
+    with job_db().transaction() as session:
         payment = session.get(Payment, payment_id, with_for_update=True)
         assert payment is not None
         if payment.status != PaymentStatus.processing:
@@ -185,27 +168,28 @@ def reconcile_stuck_charges(now: datetime) -> dict[str, int]:
     """Sweep duty: payments left ``processing`` (the worker or web process died between
     the gateway call and recording its answer) are charged again under their own
     idempotency key — the gateway answers with the first result — and recorded."""
-    with _db().transaction() as session:
-        ids = list(
-            session.scalars(
-                select(Payment.id)
-                .where(
-                    _status_is(Payment.status, "processing"),
-                    Payment.updated_at <= now - STUCK_AFTER,
-                )
-                .order_by(Payment.updated_at)
-                .limit(MAX_ROWS)
+    with job_db().transaction() as session:
+        rows = session.execute(
+            select(Payment.id, Payment.idempotency_key)
+            .where(
+                status_is(Payment.status, "processing"),
+                Payment.updated_at <= now - STUCK_AFTER,
             )
-        )
+            .order_by(Payment.updated_at)
+            .limit(MAX_ROWS)
+        ).all()
     enqueued = 0
-    for payment_id in ids:
-        spec = JobSpec(
-            CHARGE_JOB, (payment_id,), queue=PAYMENTS, timeout=CHARGE_TIMEOUT, unique=True,
-            job_id=job_id("reconcile-payment", payment_id, int(now.timestamp()) // 60),
+    slot = int(now.timestamp()) // 60
+    for row in rows:
+        # An installment's attempt is finished by the installment's own job, which records
+        # the answer on the installment and its plan too.
+        spec = plan_jobs.reconcile_job(row.id, row.idempotency_key, slot) or JobSpec(
+            CHARGE_JOB, (row.id,), queue=PAYMENTS, timeout=CHARGE_TIMEOUT, unique=True,
+            job_id=job_id("reconcile-payment", row.id, slot),
         )  # fmt: skip
-        if _queue().enqueue(spec) is not None:
+        if job_queue().enqueue(spec) is not None:
             enqueued += 1
-    return {"stuck": len(ids), "enqueued": enqueued}
+    return {"stuck": len(rows), "enqueued": enqueued}
 
 
 def _reason_not_to_charge(session: Session, payment: Payment) -> str | None:
@@ -267,10 +251,10 @@ def settle_bank_payments(now: datetime) -> dict[str, int]:
     after: tuple[datetime, int] | None = None
     gw = gateway()
     while seen < MAX_ROWS:
-        with _db().transaction() as session:
+        with job_db().transaction() as session:
             stmt = (
                 select(Payment.id, Payment.settles_at, Payment.gateway_reference)
-                .where(_status_is(Payment.status, "pending"), Payment.settles_at <= now)
+                .where(status_is(Payment.status, "pending"), Payment.settles_at <= now)
                 .order_by(Payment.settles_at, Payment.id)
                 .limit(BATCH)
             )
@@ -280,35 +264,50 @@ def settle_bank_payments(now: datetime) -> dict[str, int]:
         answers = {
             r.id: gw.settlement(r.gateway_reference, now) for r in rows if r.gateway_reference
         }
-        with _db().transaction() as session:
-            if not answers:
-                break
-            locked = session.scalars(
-                select(Payment)
-                .where(Payment.id.in_(list(answers)), _status_is(Payment.status, "pending"))
-                .order_by(Payment.id)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for payment in locked:
-                answer = answers[payment.id]
-                if answer.status == PENDING:
-                    counts["still_pending"] += 1
-                    continue
-                payments.settle(session, payment, answer, now)
-                audit.record(
-                    session, SWEEPER, f"payment.{payment.status}", "payment", payment.id, now,
-                    {"settled": True, "decline_code": payment.decline_code},
-                )  # fmt: skip
-                if payment.status == PaymentStatus.declined:
-                    counts["returned"] += 1
-                    _notify(session, payment, now)
-                else:
-                    counts["settled"] += 1
+        if not answers:
+            break
+        for payment_id, answer in answers.items():
+            if answer.status == PENDING:
+                counts["still_pending"] += 1
+                continue
+            outcome = _settle_one(payment_id, answer, now)
+            if outcome is not None:
+                counts[outcome] += 1
         seen += len(rows)
         if len(rows) < BATCH:
             break
         after = (rows[-1].settles_at, rows[-1].id)
     return counts
+
+
+def _settle_one(payment_id: int, answer: ChargeResult, now: datetime) -> str | None:
+    """Record one settlement answer in a transaction of its own, under the payment's lock
+        and, for an installment's debit, its plan's and installment's, taken before the
+        account's (the order the installment charge job takes them), so the sweep and a charge
+        job never wait on each other in a cycle. Returns the count it adds to (None: the payment
+    was settled meanwhile, or another sweep holds it)."""
+    with job_db().transaction() as session:
+        payment = session.scalar(
+            select(Payment)
+            .where(Payment.id == payment_id, status_is(Payment.status, "pending"))
+            .with_for_update(skip_locked=True)
+        )
+        if payment is None:
+            return None
+        plan_jobs.lock_plan_of(session, payment)
+        payments.settle(session, payment, answer, now)
+        audit.record(
+            session, SWEEPER, f"payment.{payment.status}", "payment", payment.id, now,
+            {"settled": True, "decline_code": payment.decline_code},
+        )  # fmt: skip
+        # An installment's debit: its installment and plan follow, with their own notices
+        # (a return is a decline under the plan's retry policy).
+        for_plan = plan_jobs.settled(session, payment, now)
+        if payment.status != PaymentStatus.declined:
+            return "settled"
+        if not for_plan:
+            _notify(session, payment, now)
+        return "returned"
 
 
 # --- find my account ----------------------------------------------------------------------
@@ -321,7 +320,7 @@ def send_lookup_link(account_id: int | None) -> dict[str, str]:
     if account_id is None:
         return {"outcome": "no_account"}
     now = utcnow()
-    with _db().transaction() as session:
+    with job_db().transaction() as session:
         outcome = lookup.send_fresh_link(
             session, account_id, now=now, env=message_env(), tokens=link_tokens()
         )

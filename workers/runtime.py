@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
-from flask import Flask
+from flask import Flask, current_app
 from rq import get_current_job
+from sqlalchemy import ColumnElement, literal_column
 
+from app.clock import parse_instant, utcnow
+from app.db import Database
 from app.logs import job_id_var
+from app.queue import JobQueue
 
 F = TypeVar("F", bound=Callable[..., Any])
 _app: Flask | None = None
@@ -44,3 +49,34 @@ def paylink_job(func: F) -> F:
             job_id_var.reset(token)
 
     return wrapper  # type: ignore[return-value]
+
+
+def job_db() -> Database:
+    """The current app's database (jobs and duties run in an app context)."""
+    return current_app.extensions["paylink.db"]
+
+
+def job_queue() -> JobQueue:
+    """The current app's job queue."""
+    return current_app.extensions["paylink.queue"]
+
+
+def literal(value: str) -> ColumnElement[Any]:
+    """``value`` as an SQL literal, for the status a duty filters on. A bound parameter
+    would do the same, but psycopg prepares a statement run often, and PostgreSQL's
+    generic plan for ``status = $1`` cannot use a partial index whose predicate is
+    ``status = 'scheduled'``; a literal keeps every plan on the index."""
+    return literal_column(f"'{value}'")
+
+
+def status_is(column: Any, value: str) -> ColumnElement[bool]:
+    return column == literal(value)
+
+
+def job_now(as_of: str | None) -> datetime:
+    """The instant a job acts as of: now, or the later instant of the sweep that enqueued
+    it (``flask sweep --at`` a time ahead), never an earlier one (a retry runs on)."""
+    now = utcnow()
+    if as_of is None:
+        return now
+    return max(now, parse_instant(as_of))

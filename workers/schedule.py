@@ -19,12 +19,15 @@ class Duty:
     timeout: int = 300
 
 
-# Reminders, expiries, installments and settlement join as their features land.
 DUTIES: tuple[Duty, ...] = (
+    Duty("expire-offers", "workers.offers.expire_offers", every_seconds=60),
+    Duty("reminders", "workers.offers.send_due_reminders", every_seconds=60, queue="messages"),
+    Duty("installments", "workers.plans.charge_due_installments", 60, queue="payments"),
     Duty("outbox", "workers.messaging.resend_stuck", every_seconds=60, queue="messages"),
     Duty("expire-links", "workers.links.expire_links", every_seconds=60),
     Duty("charge-payments", "workers.links.charge_scheduled_payments", 60, queue="payments"),
     Duty("settle-payments", "workers.links.settle_bank_payments", 60, queue="payments"),
     Duty("stuck-charges", "workers.links.reconcile_stuck_charges", 60, queue="payments"),
     Duty("agreements", "workers.signing.render_unrendered", every_seconds=60),
+    Duty("campaigns", "workers.campaigns.resume_stalled_campaigns", every_seconds=60),
 )

@@ -100,3 +100,20 @@ def decide(
     if allowed != now:
         return Decision(DEFER, "quiet hours", until=allowed)
     return Decision(SEND, window_ends=window_end(now, tz, hours))
+
+
+def within_deadline(decision: Decision, send_before: datetime | None, now: datetime) -> Decision:
+    """A message with a deadline (``send_before``) that cannot go out before it is moot:
+    suppress it rather than send it late, whether it is due now or deferred past it."""
+    if send_before is None or decision.action == SUPPRESS:
+        return decision
+    if now >= send_before:
+        return Decision(SUPPRESS, "too late: its deadline has passed")
+    if decision.action == DEFER and decision.until is not None and decision.until >= send_before:
+        return Decision(SUPPRESS, "quiet hours last past its deadline")
+    if decision.action == SEND and (
+        decision.window_ends is None or send_before < decision.window_ends
+    ):
+        # A text still undelivered at the deadline is not worth delivering (validity period).
+        return Decision(SEND, window_ends=send_before)
+    return decision

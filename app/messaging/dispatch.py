@@ -122,6 +122,7 @@ class Dispatcher:
                     now=now,
                     system_reply=message.kind in SYSTEM_SMS_KINDS,
                 )
+                decision = compliance.within_deadline(decision, message.send_before, now)
                 if decision.action == compliance.SUPPRESS:
                     advance(session, message, MessageStatus.suppressed, now, reason=decision.reason)
                     message.lease_until = None

@@ -109,14 +109,17 @@ def queue_message(
     env: MessageEnv,
     dedupe_key: str | None = None,
     not_before: datetime | None = None,
+    send_before: datetime | None = None,
     enqueue: bool = True,
     attachments: list[dict[str, str]] | None = None,
 ) -> list[Message]:
     """Write one message per channel, rendered now, and send each after commit.
 
     With ``dedupe_key``, a second call for the same event returns the first call's
-    messages instead of writing new ones. ``enqueue=False`` leaves sending to the caller
-    (batch senders) or to the outbox sweep. Flushes; never commits.
+    messages instead of writing new ones. With ``send_before``, a message that cannot go
+    out before that instant (quiet hours, a backlog) is suppressed instead of sent late.
+    ``enqueue=False`` leaves sending to the caller (batch senders) or to the outbox sweep.
+    Flushes; never commits.
     """
     settings = get_settings(session)
     messages: list[Message] = []
@@ -132,7 +135,7 @@ def queue_message(
         message = Message(
             account_id=account.id, kind=kind, channel=channel, recipient=recipient,
             status=MessageStatus.queued.value, dedupe_key=key, scheduled_for=not_before or now,
-            created_at=now, updated_at=now, body="",
+            send_before=send_before, created_at=now, updated_at=now, body="",
         )  # fmt: skip
         try:
             with session.begin_nested():

@@ -25,6 +25,7 @@ from app.config import Config
 from app.db import db_session
 from app.messaging.outbox import MessageEnv
 from app.models import Account, Channel, EmailSuppression, Message
+from app.pages import private_page
 from app.settings import get_settings
 from app.tokens import TokenExpired, TokenInvalid
 
@@ -37,13 +38,7 @@ ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058: the body a mail clien
 OUTBOX_PAGE_SIZE = 50
 
 
-@bp.after_request
-def _private(response: Response) -> Response:
-    # Unsubscribe pages carry a secret token in the URL and show part of an address;
-    # the outbox shows message contents. Nothing here may be cached or leak a Referer.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+bp.after_request(private_page)
 
 
 def _config() -> Config:

@@ -105,6 +105,68 @@ def test_unique_job_is_enqueued_once(app):
     assert markers(app, "unique") == 1
 
 
+def test_enqueue_many_pipelines_new_jobs_and_skips_ids_that_exist(app):
+    job_queue = app.extensions["paylink.queue"]
+    specs = [
+        JobSpec(MARKER, (f"many-{n}",), job_id=f"marker-many-{n}", timeout=42, retry=(5,))
+        for n in range(3)
+    ]
+    assert job_queue.enqueue(specs[0]) is not None
+    assert job_queue.enqueue_many(specs) == 2  # the first id exists already
+    assert job_queue.queue(DEFAULT).job_ids == [f"marker-many-{n}" for n in range(3)]
+    job = Job.fetch("marker-many-2", connection=job_queue.connection, serializer=JSONSerializer)
+    assert (job.timeout, job.retries_left) == (42, 1)
+    drain(app)
+    assert job_queue.enqueue_many(specs) == 0  # claimed a minute ago: the same sweep slot
+    assert [markers(app, f"many-{n}") for n in range(3)] == [1, 1, 1]
+    # Once the claims lapse, a finished job's id is free again: a row still due (or due
+    # again) is not left without a job.
+    job_queue.connection.delete(*job_queue.connection.keys("paylink:enqueued:*"))
+    assert job_queue.enqueue_many(specs[:1]) == 1
+    drain(app)
+    assert markers(app, "many-0") == 2
+    assert job_queue.enqueue_many([]) == 0
+    with pytest.raises(ValueError, match="job ids"):
+        job_queue.enqueue_many([JobSpec(MARKER, ("no id",))])
+
+
+def test_a_failed_job_does_not_block_its_id_and_a_waiting_one_is_left_alone(app):
+    from rq.registry import FailedJobRegistry
+
+    job_queue = app.extensions["paylink.queue"]
+    failing = JobSpec("tests.workers.sample_jobs.no_such_job", job_id="marker-failing", retry=())
+    waiting = JobSpec(MARKER, ("waiting",), job_id="marker-waiting")
+    assert job_queue.enqueue_many([failing, waiting]) == 2
+    build_worker(app).work(burst=True, max_jobs=1)  # only the first: it fails
+    assert "marker-failing" in FailedJobRegistry(queue=job_queue.queue(DEFAULT))
+    job_queue.connection.delete(*job_queue.connection.keys("paylink:enqueued:*"))
+
+    assert job_queue.enqueue_many([failing, waiting]) == 1  # the failed one, again
+    assert "marker-failing" not in FailedJobRegistry(queue=job_queue.queue(DEFAULT))
+    assert job_queue.queue(DEFAULT).job_ids == ["marker-waiting", "marker-failing"]
+
+
+def test_enqueue_many_racing_itself_enqueues_each_id_once(app):
+    import threading
+
+    job_queue = app.extensions["paylink.queue"]
+    specs = [JobSpec(MARKER, (f"race-{n}",), job_id=f"marker-race-{n}") for n in range(50)]
+    barrier = threading.Barrier(4)
+    counts: list[int] = []
+
+    def run() -> None:
+        barrier.wait()
+        counts.append(job_queue.enqueue_many(specs))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(counts) == 50
+    assert sorted(job_queue.queue(DEFAULT).job_ids) == sorted(s.job_id for s in specs)
+
+
 def test_transient_failure_is_retried(app):
     spec = JobSpec("tests.workers.sample_jobs.flaky_marker", ("flaky",), retry=(0,))
     job = app.extensions["paylink.queue"].enqueue(spec)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, select, text
+from sqlalchemy import select
 
 from app import audit, create_app
 from app.messaging.outbox import MessageEnv
@@ -24,7 +24,7 @@ from links import service
 from links.models import PaymentLink
 from links.tokens import PAYMENT_LINK, UrlTokens
 from tests.conftest import TEST_SECRET_KEYS
-from tests.helpers import drain
+from tests.helpers import drain, index_plans
 from workers import links as link_jobs
 from workers.runtime import set_job_app
 from workers.schedule import DUTIES
@@ -583,22 +583,12 @@ def test_the_duties_read_due_rows_through_the_partial_indexes(app, time_machine)
     schedule_payment(app, link_id, card=None, bank_account="123456789", when=NOON_NY)
     sweep(app, at(time_machine, NOON_NY))
     drain(app)  # the bank debit is pending now
-    engine = app.extensions["paylink.db"].engine
-    statements: list[tuple[str, Any]] = []
+    now = at(time_machine, DUE)
 
-    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "ORDER BY" in statement:
-            statements.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        now = at(time_machine, DUE)
-        with app.app_context():
-            link_jobs.expire_links(now)
-            link_jobs.charge_scheduled_payments(now)
-            link_jobs.settle_bank_payments(now)
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
+    def work() -> None:
+        link_jobs.expire_links(now)
+        link_jobs.charge_scheduled_payments(now)
+        link_jobs.settle_bank_payments(now)
 
     # Each duty's read of due rows, and the index it must go through.
     expected = {
@@ -606,16 +596,7 @@ def test_the_duties_read_due_rows_through_the_partial_indexes(app, time_machine)
         "payment.scheduled_for <=": "ix_payment_due",
         "payment.settles_at <=": "ix_payment_settling",
     }
-    plans: dict[str, str] = {}
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SET enable_seqscan = off"))  # tiny tables: show the choice
-        prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
-        for statement, parameters in statements:
-            for marker, index in expected.items():
-                if marker in statement:
-                    rows = conn.exec_driver_sql(prefix + statement, parameters).all()
-                    plans[index] = " ".join(str(row) for row in rows)
+    plans = index_plans(app, work, expected)
     assert set(plans) == set(expected.values())
     for index, plan in plans.items():
         assert index in plan, plan

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.embedded_redis import free_port
 from app.models import AuditEvent
@@ -57,6 +59,81 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[int, str]:
         proc.communicate()
         raise
     return proc.returncode, (out or b"").decode()
+
+
+def children_of(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, read from /proc (RQ's work horse leaves its
+    parent's process group, so a group kill alone would miss it)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextmanager
+def worker_to_kill(app_config, log_path: Path) -> Iterator[Callable[[], None]]:
+    """A `flask worker` in a process group of its own, and a function that kills it and
+    its work horse with SIGKILL, as a crash (or the OOM killer) would; killed on the way
+    out anyway."""
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "worker"],
+        cwd=ROOT, env=process_env(app_config), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def kill() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGSTOP)  # no new horse while we look for the old
+            horses = children_of(proc.pid)
+            for child in horses:
+                with suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+            wait_for(lambda: not any(map(alive, horses)), what="the work horse to die")
+        proc.wait(timeout=20)
+
+    try:
+        yield kill
+    finally:
+        kill()
+        log.close()
+
+
+def waiting_on_a_lock(engine, table: str) -> bool:
+    """Whether a PostgreSQL session of this database waits on a row lock in a query that
+    names ``table``."""
+    with engine.connect() as conn:
+        return bool(
+            conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND query LIKE :pattern"
+                ),
+                {"pattern": f"%{table}%"},
+            )
+        )
 
 
 def test_worker_process_runs_committed_jobs(app, app_config):

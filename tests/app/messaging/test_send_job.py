@@ -137,6 +137,46 @@ def test_validity_period_ends_when_the_allowed_window_does(
     assert provider_server.twilio.requests[0].form["ValidityPeriod"] == "1800"
 
 
+def test_validity_period_ends_at_the_messages_deadline_when_sooner(
+    provider_app, provider_server, account_id
+):
+    with time_machine.travel(NOON_NY, tick=False):
+        queue(provider_app, account_id, send_before=NOON_NY + timedelta(minutes=10))
+        drain(provider_app)
+    assert provider_server.twilio.requests[0].form["ValidityPeriod"] == "600"
+
+
+def test_a_message_past_its_deadline_is_suppressed_not_sent(
+    provider_app, provider_server, account_id
+):
+    with time_machine.travel(NOON_NY - timedelta(hours=1), tick=False):
+        [message_id] = queue(provider_app, account_id, not_before=NOON_NY, send_before=NOON_NY)
+    drain_at(provider_app, NOON_NY + timedelta(minutes=5))
+    message = load(provider_app, message_id)
+    assert provider_server.twilio.requests == []
+    assert (message.status, message.status_reason) == (
+        "suppressed",
+        "too late: its deadline has passed",
+    )
+
+
+def test_a_message_whose_quiet_hours_outlast_its_deadline_is_suppressed(
+    provider_app, provider_server, account_id
+):
+    # 03:00 UTC is 22:00 in New York: quiet until 08:00 local (13:00 UTC), after the deadline.
+    night = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
+    with time_machine.travel(night, tick=False):
+        [late] = queue(provider_app, account_id, send_before=night + timedelta(hours=2))
+        [fine] = queue(
+            provider_app, make_account(provider_app, 2), send_before=night + timedelta(days=1)
+        )
+        drain(provider_app)
+    assert load(provider_app, late).status == "suppressed"
+    assert load(provider_app, late).status_reason == "quiet hours last past its deadline"
+    assert load(provider_app, fine).status == "deferred"  # goes at 08:00, inside its deadline
+    assert provider_server.twilio.requests == []
+
+
 def test_invalid_number_fails_at_once(provider_app, provider_server, account_id):
     provider_server.twilio.reply(INVALID_NUMBER)
     with time_machine.travel(NOON_NY, tick=False):
