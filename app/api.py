@@ -24,8 +24,9 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(api_limit, key_func=api_caller_key)(bp)
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-# Ids are 64-bit integers; a larger one in a URL is simply not found (no overflow, no 500).
-MAX_ID = 2**63 - 1
+# Ids are INTEGER columns: PostgreSQL's int4 holds at most 2**31 - 1 and refuses a larger
+# number in a query; a larger one in a URL is simply not found (a 404, never a 500).
+MAX_ID = 2**31 - 1
 ID = f"int(max={MAX_ID})"
 
 

@@ -13,6 +13,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from app import accounts, agents, audit, migrate
+from app.api import MAX_ID
 from app.clock import parse_instant, utcnow
 from app.models import Agent, ApiKey, Role
 from app.security import generate_password
@@ -82,7 +83,7 @@ def agreements_verify(agreement_id: int) -> None:
     from signing.storage import store_for
 
     with _db().transaction() as session:
-        agreement = session.get(Agreement, agreement_id) if 0 < agreement_id < 2**63 else None
+        agreement = session.get(Agreement, agreement_id) if 0 < agreement_id <= MAX_ID else None
         if agreement is None:
             click.echo(f"agreement {agreement_id}: no such agreement", err=True)
             sys.exit(1)

@@ -25,6 +25,7 @@ MODEL_MODULES = (
     "app.models",
     "app.payments.models",
     "links.models",
+    "links.campaign_models",
     "offers.models",
     "signing.models",
 )

@@ -8,6 +8,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from app.models import Account, Agent
 
@@ -318,7 +319,7 @@ def test_accounts_page_lists_accounts(signed_in_client, agent):
     page = resp.get_data(as_text=True)
     assert names_on(resp) == ["Ann Lee", "Bob Stone", "Anna_Maria Diaz"]
     assert "ACC-1001" in page
-    assert "USD 123.45" in page
+    assert "$123.45" in page
     assert "3 accounts" in page
     assert agent.email in page  # who is signed in
     assert CSRF.search(page)  # the sign-out form carries a token
@@ -332,6 +333,17 @@ def test_accounts_page_searches_by_name(signed_in_client):
 def test_accounts_page_searches_by_external_id_and_email(signed_in_client):
     assert names_on(signed_in_client.get("/console/?q=ACC-1002")) == ["Bob Stone"]
     assert names_on(signed_in_client.get("/console/?q=ANN@example.com")) == ["Ann Lee"]
+
+
+def test_accounts_page_searches_by_phone_as_typed_or_stored(signed_in_client, app):
+    with app.extensions["paylink.db"].transaction() as s:
+        bob = s.scalar(select(Account).where(Account.external_id == "ACC-1002"))
+        bob.phone = "+12025550143"
+    for typed in ("+12025550143", "(202) 555-0143", "202-555-0143", "0143"):
+        assert names_on(signed_in_client.get("/console/", query_string={"q": typed})) == [
+            "Bob Stone"
+        ], typed
+    assert names_on(signed_in_client.get("/console/?q=555-9999")) == []
 
 
 def test_accounts_search_treats_wildcards_as_text(signed_in_client):
