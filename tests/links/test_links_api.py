@@ -375,7 +375,9 @@ def test_get_shows_the_link_as_created(app, client, agent):
     assert [m["id"] for m in body["messages"]] == [m["id"] for m in link["messages"]]
 
 
-@pytest.mark.parametrize("link_id", ["999", "0", str(2**63), str(2**70)])
+@pytest.mark.parametrize(
+    "link_id", ["999", "0", str(2**31), str(2**63 - 1), str(2**63), str(2**70)]
+)
 def test_an_unknown_link_is_404(client, agent, link_id):
     resp = client.get(f"/api/v1/links/{link_id}", headers=agent.headers)
     revoke = client.post(f"/api/v1/links/{link_id}/revoke", headers=agent.headers)

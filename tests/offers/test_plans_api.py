@@ -105,7 +105,7 @@ def test_plans_need_a_key_and_an_id_that_exists(app, client, agent):
     signed = make_signed_plan(app)
     assert client.get(f"/api/v1/plans/{signed.plan_id}").status_code == 401
     assert client.post(f"/api/v1/plans/{signed.plan_id}/cancel", json={}).status_code == 401
-    for bad in (999_999, 2**70):
+    for bad in (999_999, 2**31, 2**63 - 1, 2**70):
         assert client.get(f"/api/v1/plans/{bad}", headers=agent.headers).status_code == 404
         assert cancel(client, agent, bad).status_code == 404
 

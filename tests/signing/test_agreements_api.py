@@ -105,7 +105,7 @@ def test_agreements_need_a_key_and_an_id_that_exists(app, client, agent):
     signed = make_signed_plan(app)
     assert client.get(f"/api/v1/agreements/{signed.agreement_id}").status_code == 401
     for path in ("", "/document", "/audit"):
-        for bad in (999_999, 2**70):
+        for bad in (999_999, 2**31, 2**63 - 1, 2**70):
             resp = client.get(f"/api/v1/agreements/{bad}{path}", headers=agent.headers)
             assert resp.status_code == 404, (path, bad)
             assert resp.mimetype == "application/problem+json"
