@@ -157,12 +157,17 @@ def _register_blueprints(app: Flask) -> None:
 
 def _register_features(app: Flask) -> None:
     """The feature packages' blueprints (imported here so app/ never imports a feature)."""
+    from app import console_admin
     from links import api as links_api
-    from links import lookup_views
+    from links import campaigns, lookup_views
+    from links import console as link_console
     from links import views as link_views
     from offers import api as offers_api
-    from offers import plans_api
+    from offers import console as offer_console
+    from offers import dashboard, plans_api
     from signing import api as agreements_api
+    from signing import console as agreement_console
+    from signing import method_views as plan_method_views
     from signing import storage as document_storage
     from signing import views as offer_views
 
@@ -173,10 +178,17 @@ def _register_features(app: Flask) -> None:
     app.register_blueprint(link_views.bp)
     app.register_blueprint(lookup_views.bp)
     app.register_blueprint(offer_views.bp)
+    app.register_blueprint(plan_method_views.bp)
     app.register_blueprint(plans_api.bp)
     csrf.exempt(plans_api.bp)
     app.register_blueprint(agreements_api.bp)
     csrf.exempt(agreements_api.bp)
+    # The console's pages, each feature's own (CSRF-protected forms).
+    for console_bp in (
+        link_console.bp, offer_console.bp, agreement_console.bp, campaigns.bp, dashboard.bp,
+        console_admin.bp,
+    ):  # fmt: skip
+        app.register_blueprint(console_bp)
     # Reads a stored document by key: the dev outbox serves email attachments with it.
     app.extensions["paylink.load_document"] = document_storage.loader(
         app.extensions["paylink.config"], app.extensions["paylink.db"]

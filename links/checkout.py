@@ -475,6 +475,12 @@ def verify_contact(
     return check_verification(session, link, method, given, ssn_last4_ok=ssn_ok, now=now)
 
 
+def no_match_message(tries_left: int) -> str:
+    """What a wrong verification answer is told, with the tries before the pause."""
+    plural = "s" if tries_left != 1 else ""
+    return f"That does not match our records. You can try {tries_left} more time{plural}."
+
+
 def as_sentence(text: str) -> str:
     """A message as a sentence: capital first letter, one full stop."""
     text = text.strip()

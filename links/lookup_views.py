@@ -6,12 +6,13 @@ matched (see links.lookup). Limited per address and per account number or SSN en
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request
 from flask_limiter.errors import RateLimitExceeded
 
 from app.clock import utcnow
 from app.config import Config
 from app.db import db_session
+from app.pages import private_page
 from app.queue import enqueue_after_commit
 from app.ratelimit import limiter
 from app.settings import get_settings
@@ -48,12 +49,7 @@ def _no_identifier() -> bool:
     return _identifier() is None
 
 
-@bp.after_request
-def _private(response: Response) -> Response:
-    # What a customer typed about themselves must not be cached anywhere.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+bp.after_request(private_page)
 
 
 @bp.errorhandler(RateLimitExceeded)

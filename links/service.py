@@ -103,8 +103,10 @@ def create_link(
     now: datetime,
     env: MessageEnv,
     tokens: UrlTokens,
+    enqueue: bool = True,
 ) -> NewLink:
-    """Mint a link for ``account`` and queue its messages (sent after commit). Flushes.
+    """Mint a link for ``account`` and queue its messages (sent after commit; with
+    ``enqueue=False`` the caller sends them, e.g. one job for a whole batch). Flushes.
 
     Amount defaults to the balance, channels to every usable channel, lifetime to the
     settings'. Raises ValueError with a field name for what cannot be done.
@@ -128,7 +130,7 @@ def create_link(
     url = f"{env.base_url}/p/{token}"
     messages = queue_message(
         session, account, "link", chosen, message_context(link, account, settings, url),
-        now=now, env=env, dedupe_key=f"link-{link.id}-0",
+        now=now, env=env, dedupe_key=f"link-{link.id}-0", enqueue=enqueue,
     )  # fmt: skip
     audit.record(
         session, actor, "link.created", "link", link.id, now,

@@ -24,6 +24,8 @@ from app.tokens import TokenInvalid
 
 PAYMENT_LINK = "payment-link"
 OFFER = "offer"
+# A plan's page for a new payment method after a declined installment (its offer's id).
+PLAN_METHOD = "plan-method"
 ID_BYTES = 16
 MAC_BYTES = 12
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{16}")

@@ -12,7 +12,9 @@ double tap or a second concurrent POST finds it and never charges again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -30,18 +32,22 @@ from flask import (
 )
 from flask import session as cookie_session
 from flask_wtf.csrf import CSRFError
+from sqlalchemy import bindparam, select
 from werkzeug.exceptions import TooManyRequests
 from wtforms.fields.choices import SelectChoice
 
+from app import ratelimit
 from app.clock import utcnow
-from app.db import db_session
+from app.db import db_session, get_db
 from app.messaging.render import money
 from app.models import Account, OrgSettings
+from app.pages import private_page
 from app.payments import cards
 from app.payments import service as payments
 from app.payments.models import MethodKind, Payment, PaymentMethod, PaymentStatus
 from app.ratelimit import limiter
 from app.settings import get_settings
+from app.tokens import TokenInvalid
 from links import checkout, forms, service
 from links.checkout import Step
 from links.models import LinkStatus, PaymentLink
@@ -68,13 +74,7 @@ ENDPOINTS = {
 }
 
 
-@bp.after_request
-def _private(response: Response) -> Response:
-    # The token in the URL is the key to the page: no caching, no Referer, no framing.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
-    return response
+bp.after_request(private_page)
 
 
 @bp.context_processor
@@ -82,8 +82,10 @@ def _helpers() -> dict[str, object]:
     return {"money": money, "phone_text": phone_text}
 
 
+@functools.lru_cache(maxsize=256)
 def phone_text(e164: str | None) -> str:
-    """``+18005550100`` → ``(800) 555-0100``; anything unparsable as it is."""
+    """``+18005550100`` → ``(800) 555-0100``; anything unparsable as it is. Remembered:
+    every customer page shows the creditor's number."""
     try:
         number = phonenumbers.parse(e164 or "", "US")
     except phonenumbers.NumberParseException:
@@ -277,22 +279,120 @@ def _receipt_row(payment: Payment, page: Page) -> dict[str, object]:
 
 
 # --- 1. the first page: who we think you are, what is due -------------------------------
+#
+# Opening a link is the flow's busiest request (every SMS tap), so it takes the short way:
+# one query reads the link, its account and the settings row together, on a connection of
+# its own that holds no transaction open (PostgreSQL: autocommit; SQLite: the read's own
+# short transaction), and nothing else touches the database unless this is the first open.
+# The settings are read on every open, in that same query, so a change made anywhere
+# (the settings API, another process, a direct database write) shows on the next open.
+# Anything but an active link with a settings row takes the general path (``_load``).
+
+_OPEN_LINK = (
+    "id", "token_id", "account_id", "amount_cents", "status", "expires_at", "opened_at",
+)  # fmt: skip
+_OPEN_ACCOUNT = (
+    "name", "phone", "email", "timezone", "balance_cents", "currency", "external_id",
+    "ssn_last4", "date_of_birth", "zip",
+)  # fmt: skip
+# What build_flow reads, and the page with its layout and contact line.
+_OPEN_SETTINGS = (
+    "contact_verification", "verification_methods", "virtual_collection",
+    "settlement_percent_off", "allow_skip_offer", "schedule_payment", "max_scheduled_payments",
+    "schedule_horizon_days", "default_timezone", "creditor_name", "creditor_phone",
+    "creditor_email", "creditor_hours",
+)  # fmt: skip
+_OPEN_QUERY = (
+    select(
+        *(PaymentLink.__table__.c[name] for name in _OPEN_LINK),
+        *(Account.__table__.c[name] for name in _OPEN_ACCOUNT),
+        *(OrgSettings.__table__.c[name] for name in _OPEN_SETTINGS),
+        OrgSettings.__table__.c.id.label("settings_id"),
+    )
+    .select_from(PaymentLink.__table__)
+    .join(Account.__table__, Account.__table__.c.id == PaymentLink.__table__.c.account_id)
+    .outerjoin(OrgSettings.__table__, OrgSettings.__table__.c.id == 1)
+    .where(PaymentLink.__table__.c.token_id == bindparam("token_id"))
+)
+_OPEN_SLICES = (
+    (_OPEN_LINK, 0),
+    (_OPEN_ACCOUNT, len(_OPEN_LINK)),
+    (_OPEN_SETTINGS, len(_OPEN_LINK) + len(_OPEN_ACCOUNT)),
+)
+
+
+class Columns:
+    """Some columns of one row, read by name as on the model (the open query's link,
+    account and settings)."""
+
+    def __init__(self, names: tuple[str, ...], values: Sequence[object]):
+        self.__dict__.update(zip(names, values, strict=True))
+
+
+def _read_open(token: str) -> tuple[Columns, Columns, Columns] | None:
+    """The link of ``token`` with its account and the settings, or None when the token
+    does not verify or the row is missing (the general path answers those)."""
+    try:
+        token_id = link_tokens().verify(token)
+    except TokenInvalid:
+        return None
+    engine = get_db().engine
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            # One statement, one snapshot: no BEGIN and COMMIT round trips around it.
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = conn.execute(_OPEN_QUERY, {"token_id": token_id}).first()
+    if row is None or row.settings_id is None:  # no link, or no settings row yet
+        return None
+    link, account, settings = (
+        Columns(names, row[start : start + len(names)]) for names, start in _OPEN_SLICES
+    )
+    return link, account, settings
+
+
+def _record_open(token: str, now: datetime) -> None:
+    """The first open, written once: under the link's row lock, open_link writes it only
+    if no one has yet."""
+    with get_db().transaction() as session:
+        link = service.find_link(session, link_tokens(), token, lock=True)
+        service.open_link(session, link, now)
 
 
 @bp.get("/p/<token>")
-@limiter.limit(OPEN_LIMIT)
+@ratelimit.one_trip(OPEN_LIMIT)
 def start(token: str) -> str | Response:
+    read = _read_open(token)
+    now = utcnow()
+    if read is None or read[0].status != LinkStatus.active or read[0].expires_at <= now:
+        return _start_in_full(token)
+    link, account, settings = read
+    if link.opened_at is None:
+        _record_open(token, now)
+    flow = checkout.build_flow(link, account, settings)  # type: ignore[arg-type]
+    stored = (cookie_session.get(STATE_KEY) or {}).get(link.token_id)
+    state = checkout.FlowState.load(stored, link.id)
+    if stored is not None:  # a fresh state holds no choice to reconcile
+        checkout.reconcile(flow, state)
+    page = Page(token, link, account, settings, flow, state, now)  # type: ignore[arg-type]
+    return _start_page(page)
+
+
+def _start_in_full(token: str) -> str | Response:
+    """The general path: 404, 410, the receipt of a used link, the settings' first read."""
     page = _load(token, allow_used=True)
     if page.link.status == LinkStatus.used:
         return _receipt(page)
     session = db_session()
     service.open_link(session, page.link, page.now)
     session.commit()
+    return _start_page(page)
+
+
+def _start_page(page: Page) -> str:
     if page.flow.due_cents <= 0:
         return render_template("pay/nothing_due.html", **page.context())
     return render_template(
         "pay/start.html",
-        form=forms.ButtonForm(),
         first_name=checkout.greeting_name(page.account),
         phone=checkout.mask_phone(page.account.phone),
         email=checkout.mask_email(page.account.email),
@@ -321,10 +421,8 @@ def verify(token: str) -> str | Response | tuple[str, int, dict[str, str]]:
         return _locked(page, link.locked_until)
     methods = page.flow.verify_methods
     asked = request.form.get("method") or request.args.get("method")
-    method = asked if asked in methods else methods[0]
-    form = forms.VerifyForm()
-    form.method.data = method
-    field = getattr(form, method)
+    form = forms.VerifyForm.for_methods(methods, asked)
+    method, field = form.method.data, form.answer
     if form.validate_on_submit():
         session = db_session()
         try:
@@ -340,15 +438,9 @@ def verify(token: str) -> str | Response | tuple[str, int, dict[str, str]]:
                 page.state.verified = True
                 return _advance(page)
             left = service.MAX_FAILED_VERIFICATIONS - link.failed_verifications
-            field.errors.append(
-                f"That does not match our records. You can try {left} more "
-                f"time{'s' if left != 1 else ''}."
-            )
-    if method == "ssn_last4":
-        field.data = ""  # not echoed back
-    others = [(m, checkout.VERIFICATION_LABELS[m]) for m in methods if m != method]
+            field.errors.append(checkout.no_match_message(left))
     return render_template(
-        "pay/verify.html", form=form, field=field, method=method, others=others,
+        "pay/verify.html", **form.page_context(methods),
         **page.context(Step.verify),
     )  # fmt: skip
 
@@ -470,12 +562,7 @@ def method(token: str) -> str | Response:
                 page.state.choose_method(saved.id)
                 return _advance(page)
     if request.method == "POST":
-        secret = form.number.data if isinstance(form, forms.CardForm) else form.account_number.data
-        digits = "".join(ch for ch in (secret or "") if ch.isdigit())
-        hint = digits[-4:] if len(digits) >= 4 else None
-        for name in form.SECRET_FIELDS:
-            getattr(form, name).data = ""
-            getattr(form, name).raw_data = []
+        hint = form.forget_secrets()
     return render_template(
         "pay/method.html",
         form=form,
@@ -498,26 +585,8 @@ def _method_problems(page: Page, form: forms.CardForm | forms.BankForm) -> dict[
 
 
 def _save_method(page: Page, form: forms.CardForm | forms.BankForm) -> PaymentMethod:
-    """Tokenize at once: the number goes to the gateway and is then forgotten."""
-    session = db_session()
-    if isinstance(form, forms.CardForm):
-        card = payments.CardInput(
-            name=(form.name.data or "").strip(),
-            number=form.number.data or "",
-            expiry=form.expiry.data or "",
-            security_code=form.security_code.data or "",
-            zip=(form.zip.data or "").strip()[:10],
-        )
-        return payments.add_card(
-            session, page.account, gateway(), card, page.flow.today(page.now), page.now
-        )
-    bank = payments.BankInput(
-        holder_name=(form.holder_name.data or "").strip(),
-        routing_number=form.routing_number.data or "",
-        account_number=form.account_number.data or "",
-        account_type=form.account_type.data or "",
-    )
-    return payments.add_bank_account(session, page.account, gateway(), bank, page.now)
+    today = page.flow.today(page.now)
+    return forms.save_method(db_session(), page.account, gateway(), form, today=today, now=page.now)
 
 
 # --- 6. scheduling --------------------------------------------------------------------------

@@ -8,12 +8,12 @@ about shape only; the name rule and the drawn signature are checked in ``signing
 
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, RadioField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
-from links.forms import BankForm, ButtonForm, CardForm, VerifyForm
+from app.forms import Form
+from links.forms import BankForm, ButtonForm, CardForm, VerifyForm, save_method
 
 __all__ = [
     "BankForm",
@@ -23,10 +23,11 @@ __all__ = [
     "SignForm",
     "TermsForm",
     "VerifyForm",
+    "save_method",
 ]
 
 
-class ConsentForm(FlaskForm):
+class ConsentForm(Form):
     """The E-SIGN disclosure page."""
 
     agree = BooleanField(
@@ -36,7 +37,7 @@ class ConsentForm(FlaskForm):
     )
 
 
-class TermsForm(FlaskForm):
+class TermsForm(Form):
     """The terms and recurring payment authorization page. ``text_sha256`` names the text
     shown, so a change between showing and agreeing is noticed."""
 
@@ -47,7 +48,7 @@ class TermsForm(FlaskForm):
     )
 
 
-class SignForm(FlaskForm):
+class SignForm(Form):
     """Type the full name, or draw a signature (the pad needs JavaScript; without it the
     choice is not shown and the typed name is the signature)."""
 

@@ -40,8 +40,8 @@ from app.clock import isoformat, parse_instant, utcnow
 from app.db import db_session
 from app.messaging.render import money
 from app.models import Account, OrgSettings
+from app.pages import private_page
 from app.payments import cards
-from app.payments import service as payments
 from app.payments.models import MethodKind, PaymentMethod
 from app.ratelimit import limiter
 from app.settings import get_settings
@@ -107,13 +107,7 @@ class OtherOffer(Exception):
     """A form shown for one offer was posted to another offer's address."""
 
 
-@bp.after_request
-def _private(response: Response) -> Response:
-    # The token in the URL is the key to the page: no caching, no Referer, no framing.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
-    return response
+bp.after_request(private_page)
 
 
 @bp.context_processor
@@ -293,11 +287,6 @@ def _advance(page: Page) -> Response:
     return redirect(page.next_url())
 
 
-def _sentence(message: str) -> str:
-    message = message.strip()
-    return (message[:1].upper() + message[1:]).rstrip(".") + "." if message else message
-
-
 def _current_method(page: Page) -> PaymentMethod | None:
     if page.state.method_id is None:
         return None
@@ -461,10 +450,8 @@ def verify(token: str) -> str | Response | tuple[str, int, dict[str, str]]:
         return _locked(page, until)
     methods = page.verify_methods
     asked = request.form.get("method") or request.args.get("method")
-    method = asked if asked in methods else methods[0]
-    form = forms.VerifyForm()
-    form.method.data = method
-    field = getattr(form, method)
+    form = forms.VerifyForm.for_methods(methods, asked)
+    method, field = form.method.data, form.answer
     if form.validate_on_submit():
         try:
             ok = service.verify_contact(
@@ -482,15 +469,9 @@ def verify(token: str) -> str | Response | tuple[str, int, dict[str, str]]:
                 return _advance(page)
             _, failures = service.verification_lock(session, page.offer.id, page.now)
             left = service.MAX_FAILED_VERIFICATIONS - failures
-            field.errors.append(
-                f"That does not match our records. You can try {left} more "
-                f"time{'s' if left != 1 else ''}."
-            )
-    if method == "ssn_last4":
-        field.data = ""  # not echoed back
-    others = [(m, checkout.VERIFICATION_LABELS[m]) for m in methods if m != method]
+            field.errors.append(checkout.no_match_message(left))
     return render_template(
-        "offer/verify.html", form=form, field=field, method=method, others=others,
+        "offer/verify.html", **form.page_context(methods),
         **page.context(Step.verify),
     )  # fmt: skip
 
@@ -535,19 +516,16 @@ def method(token: str) -> str | Response:
             saved = _save_method(page, form)
         except cards.InvalidPaymentDetail as exc:
             session.rollback()
-            getattr(form, getattr(exc, "field", "number")).errors.append(_sentence(str(exc)))
+            getattr(form, getattr(exc, "field", "number")).errors.append(
+                checkout.as_sentence(str(exc))
+            )
         else:
             service.record_method(session, page.offer, saved, page.now, **_client())
             session.commit()
             page.state.choose_method(saved.id)
             return _advance(page)
     if request.method == "POST":
-        secret = form.number.data if isinstance(form, forms.CardForm) else form.account_number.data
-        digits = "".join(ch for ch in (secret or "") if ch.isdigit())
-        hint = digits[-4:] if len(digits) >= 4 else None
-        for name in form.SECRET_FIELDS:
-            getattr(form, name).data = ""
-            getattr(form, name).raw_data = []
+        hint = form.forget_secrets()
     return render_template(
         "offer/method.html", form=form, kind=kind, hint=hint, current=current,
         **page.context(Step.method),
@@ -555,25 +533,8 @@ def method(token: str) -> str | Response:
 
 
 def _save_method(page: Page, form: forms.CardForm | forms.BankForm) -> PaymentMethod:
-    """Tokenize at once: the number goes to the gateway and is then forgotten."""
-    session = db_session()
-    if isinstance(form, forms.CardForm):
-        card = payments.CardInput(
-            name=(form.name.data or "").strip(),
-            number=form.number.data or "",
-            expiry=form.expiry.data or "",
-            security_code=form.security_code.data or "",
-            zip=(form.zip.data or "").strip()[:10],
-        )
-        today = plan_math.local_today(page.now, page.timezone)
-        return payments.add_card(session, page.account, gateway(), card, today, page.now)
-    bank = payments.BankInput(
-        holder_name=(form.holder_name.data or "").strip(),
-        routing_number=form.routing_number.data or "",
-        account_number=form.account_number.data or "",
-        account_type=form.account_type.data or "",
-    )
-    return payments.add_bank_account(session, page.account, gateway(), bank, page.now)
+    today = plan_math.local_today(page.now, page.timezone)
+    return forms.save_method(db_session(), page.account, gateway(), form, today=today, now=page.now)
 
 
 # --- 5. the E-SIGN disclosure ----------------------------------------------------------------

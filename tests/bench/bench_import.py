@@ -14,10 +14,8 @@ figure is the median of three runs, each on a freshly migrated, empty database:
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,9 +32,12 @@ from sqlalchemy import func, insert, select  # noqa: E402
 
 from app import accounts, create_app  # noqa: E402
 from app.audit import Actor  # noqa: E402
-from app.embedded_redis import RedisServer, free_port  # noqa: E402
 from app.models import Account  # noqa: E402
-from tests.bench.databases import PostgresDatabases, SqliteDatabases  # noqa: E402
+from tests.bench.databases import (  # noqa: E402
+    PostgresDatabases,
+    SqliteDatabases,
+    on_each_database,
+)
 
 ROWS = 10_000
 RUNS = 3
@@ -163,25 +164,7 @@ def bench(databases: SqliteDatabases | PostgresDatabases, redis_url: str, instan
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="paylink-bench-") as tmp:
-        directory = Path(tmp)
-        redis_server = RedisServer(directory / "redis", port=free_port(), persist=False)
-        redis_server.start()
-        try:
-            instance = directory / "instance"
-            sqlite = SqliteDatabases(directory)
-            bench(sqlite, redis_server.url, instance)
-            server_url = os.environ.get("PAYLINK_TEST_DATABASE_URL")
-            if server_url:
-                postgres = PostgresDatabases(server_url)
-                try:
-                    bench(postgres, redis_server.url, instance)
-                finally:
-                    postgres.close()
-            else:
-                print("PostgreSQL: skipped (set PAYLINK_TEST_DATABASE_URL to include it)")
-        finally:
-            redis_server.stop()
+    on_each_database(bench)
 
 
 if __name__ == "__main__":

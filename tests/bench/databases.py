@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import psycopg
 from sqlalchemy import make_url
 
 from app import migrate
+from app.embedded_redis import RedisServer, free_port
 
 
 class SqliteDatabases:
@@ -73,3 +76,29 @@ class PostgresDatabases:
     def close(self) -> None:
         with psycopg.connect(self._conninfo(self.admin), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+
+
+Databases = SqliteDatabases | PostgresDatabases
+
+
+def on_each_database(bench: Callable[[Databases, str, Path], None]) -> None:
+    """Run ``bench(databases, redis_url, instance_path)`` on SQLite, then on PostgreSQL when
+    PAYLINK_TEST_DATABASE_URL names a server, with one embedded Redis for both."""
+    with tempfile.TemporaryDirectory(prefix="paylink-bench-") as tmp:
+        directory = Path(tmp)
+        redis_server = RedisServer(directory / "redis", port=free_port(), persist=False)
+        redis_server.start()
+        try:
+            instance = directory / "instance"
+            bench(SqliteDatabases(directory), redis_server.url, instance)
+            server_url = os.environ.get("PAYLINK_TEST_DATABASE_URL")
+            if server_url:
+                postgres = PostgresDatabases(server_url)
+                try:
+                    bench(postgres, redis_server.url, instance)
+                finally:
+                    postgres.close()
+            else:
+                print("PostgreSQL: skipped (set PAYLINK_TEST_DATABASE_URL to include it)")
+        finally:
+            redis_server.stop()

@@ -1,0 +1,312 @@
+"""Opening a payment link, the flow's busiest request, takes a short way (one query, one
+Redis round trip); these tests hold it to the general path's behaviour: the same page,
+the settings as they are now whoever changed them and from where, the first open written
+once, and the per-address limit with Flask-Limiter's window and headers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from app import create_app
+from app.models import AuditEvent
+from app.ratelimit import limiter, one_trip
+from app.settings import get_settings
+from links import forms
+from links.views import OPEN_LIMIT
+from tests.links.test_flow import configure, make_account, make_link, read, reload, text
+
+CSRF_FIELD = re.compile(r'<input id="csrf_token" name="csrf_token" type="hidden" value="[^"]+">')
+STEP = re.compile(r"Step 1 of (\d+)")
+
+
+@pytest.fixture
+def account(db):
+    return make_account(db)
+
+
+@pytest.fixture
+def settings_row(db) -> None:
+    """The settings row exists, as it does after a deployment's first request."""
+    get_settings(db)
+    db.commit()
+
+
+def without_csrf_value(html: str) -> str:
+    return CSRF_FIELD.sub("<csrf>", html)
+
+
+def header_names(resp) -> set[str]:
+    return {name for name, _value in resp.headers}
+
+
+def steps(html: str) -> int:
+    match = STEP.search(html)
+    assert match, "no step line on the page"
+    return int(match.group(1))
+
+
+# --- the same page ------------------------------------------------------------------------
+
+
+def test_the_short_way_shows_the_general_paths_page(app, db, client, account):
+    token, _link = make_link(app, db, account)
+    # No settings row yet: the first open goes the general way and writes the row.
+    general = client.get(f"/p/{token}")
+    short = app.test_client().get(f"/p/{token}")
+    assert general.status_code == short.status_code == 200
+    assert without_csrf_value(text(short)) == without_csrf_value(text(general))
+    assert "Hi Maria," in text(short)
+    assert header_names(short) == header_names(general)
+    assert short.headers["Content-Security-Policy"] == general.headers["Content-Security-Policy"]
+
+
+def test_the_csrf_field_is_flask_wtfs_own(app, client, account, db, settings_row):
+    token, _link = make_link(app, db, account)
+    page = text(client.get(f"/p/{token}"))
+    (field,) = CSRF_FIELD.findall(page)
+    with app.test_request_context():
+        rendered = str(forms.ButtonForm().csrf_token)
+    assert CSRF_FIELD.fullmatch(rendered)
+    # The token it carries is the session's: Next goes on to the next step.
+    value = re.search(r'value="([^"]+)"', field).group(1)
+    resp = client.post(f"/p/{token}", data={"csrf_token": value})
+    assert resp.status_code == 302
+    assert resp.headers["Location"].endswith(f"/p/{token}/verify")
+
+
+# --- the settings as they are now ---------------------------------------------------------
+
+
+def test_a_settings_change_through_another_processes_api_shows_on_the_next_open(
+    app, app_config, db, client, account, supervisor, settings_row
+):
+    token, _link = make_link(app, db, account)
+    before = text(client.get(f"/p/{token}"))
+    assert "Paylink Demo Creditor" in before
+    # A second web process of the same deployment takes the PATCH.
+    other = create_app(app_config)
+    try:
+        resp = other.test_client().patch(
+            "/api/v1/settings",
+            json={"creditor_name": "Acme Recovery", "contact_verification": False},
+            headers=supervisor.headers,
+        )
+        assert resp.status_code == 200
+    finally:
+        other.extensions["paylink.queue"].close()
+        other.extensions["paylink.db"].dispose()
+    after = text(client.get(f"/p/{token}"))
+    assert "Acme Recovery" in after
+    assert "Paylink Demo Creditor" not in after
+    assert steps(after) == steps(before) - 1  # no verification step any more
+
+
+def test_a_settings_change_written_straight_to_the_database_shows_on_the_next_open(
+    app, db, client, account, settings_row
+):
+    token, _link = make_link(app, db, account)
+    before = text(client.get(f"/p/{token}"))
+    configure(db, creditor_name="Direct Write Ltd", virtual_collection=False)
+    after = text(client.get(f"/p/{token}"))
+    assert "Direct Write Ltd" in after
+    assert steps(after) == steps(before) - 1  # no settlement offer step any more
+    configure(db, creditor_name="Back Again Inc", virtual_collection=True)
+    again = text(client.get(f"/p/{token}"))
+    assert "Back Again Inc" in again
+    assert steps(again) == steps(before)
+
+
+def test_a_settings_change_from_another_os_process_shows_on_the_next_open(
+    app, app_config, db, client, account, settings_row
+):
+    token, _link = make_link(app, db, account)
+    before = text(client.get(f"/p/{token}"))
+    script = (
+        "import sys\n"
+        "from sqlalchemy import create_engine, text\n"
+        "engine = create_engine(sys.argv[1])\n"
+        "with engine.begin() as conn:\n"
+        "    conn.execute(text(\"UPDATE org_settings SET creditor_name = 'Elsewhere LLC', "
+        "creditor_phone = '+18885550199', schedule_payment = false WHERE id = 1\"))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, app_config["database_url"]], check=True)
+    after = text(client.get(f"/p/{token}"))
+    assert "Elsewhere LLC" in after
+    assert "(888) 555-0199" in after  # the formatted phone follows the new number
+    assert "(800) 555-0100" not in after
+    assert steps(after) == steps(before) - 1  # no scheduling step any more
+
+
+# --- the first open -----------------------------------------------------------------------
+
+
+def test_concurrent_first_opens_record_one_open(app, db, account, settings_row):
+    token, link = make_link(app, db, account)
+    ready = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def open_it() -> None:
+        customer = app.test_client()
+        ready.wait()
+        statuses.append(customer.get(f"/p/{token}").status_code)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 4
+    assert reload(db, link).opened_at is not None
+    opened = read(db, select(AuditEvent).where(AuditEvent.action == "link.opened"))
+    assert [(e.object_id, e.actor_id) for e in opened] == [(str(link.id), str(account.id))]
+
+
+def test_later_opens_write_nothing(app, db, client, account, settings_row, time_machine):
+    first = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    time_machine.move_to(first, tick=False)
+    token, link = make_link(app, db, account)
+    assert client.get(f"/p/{token}").status_code == 200
+    assert reload(db, link).opened_at == first
+    time_machine.move_to(first + timedelta(minutes=5), tick=False)
+    for _ in range(3):
+        assert app.test_client().get(f"/p/{token}").status_code == 200
+    assert reload(db, link).opened_at == first
+    assert len(read(db, select(AuditEvent).where(AuditEvent.action == "link.opened"))) == 1
+
+
+def test_an_expired_or_revoked_link_still_answers_410(app, db, client, account, settings_row):
+    token, link = make_link(app, db, account, expires_in=timedelta(seconds=-1))
+    resp = client.get(f"/p/{token}")
+    assert resp.status_code == 410
+    assert reload(db, link).opened_at is None
+
+
+# --- the per-address limit ----------------------------------------------------------------
+
+
+def test_the_open_limit_takes_one_redis_round_trip(app, db, client, account, redis_server):
+    token, _link = make_link(app, db, account)
+    client.get(f"/p/{token}")  # the script is loaded into Redis on first use
+    watcher, marker = redis.Redis.from_url(redis_server.url), redis.Redis.from_url(redis_server.url)
+    marker.ping()  # connected (HELLO) before the watch starts
+    sent: list[str] = []
+    try:
+        with watcher.monitor() as monitor:
+            for _ in range(3):
+                assert client.get(f"/p/{token}").status_code == 200
+            marker.echo("opens done")
+            while (event := monitor.next_command())["command"] != "ECHO opens done":
+                if event["client_type"] != "lua":  # the script's own commands are not trips
+                    sent.append(event["command"].split()[0])
+    finally:
+        watcher.close()
+        marker.close()
+    assert sent == ["EVALSHA"] * 3
+
+
+def test_the_open_limit_sends_flask_limiters_headers(app, db, client, account):
+    token, _link = make_link(app, db, account)
+    env = {"REMOTE_ADDR": "203.0.113.60"}
+    limit = int(OPEN_LIMIT.split()[0])
+    first = client.get(f"/p/{token}", environ_base=env)
+    second = client.get(f"/p/{token}", environ_base=env)
+    assert first.headers["X-RateLimit-Limit"] == str(limit)
+    assert first.headers["X-RateLimit-Remaining"] == str(limit - 1)
+    assert second.headers["X-RateLimit-Remaining"] == str(limit - 2)
+    reset = int(first.headers["X-RateLimit-Reset"])
+    assert time.time() + 55 < reset <= time.time() + 62
+    assert 55 <= int(first.headers["Retry-After"]) <= 61
+    for _ in range(limit - 2):
+        client.get(f"/p/{token}", environ_base=env)
+    limited = client.get(f"/p/{token}", environ_base=env)
+    assert limited.status_code == 429
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+    assert int(limited.headers["Retry-After"]) > 0
+    assert "Please wait a few minutes" in text(limited)
+
+
+def test_the_open_limit_is_a_moving_window(app, db, client, account, time_machine):
+    start = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    time_machine.move_to(start, tick=False)
+    token, _link = make_link(app, db, account)
+    env = {"REMOTE_ADDR": "203.0.113.61"}
+    limit = int(OPEN_LIMIT.split()[0])
+    for n in range(limit):
+        # Half now, half 30 s later: the window holds them all until the first half ages.
+        if n == limit // 2:
+            time_machine.move_to(start + timedelta(seconds=30), tick=False)
+        assert client.get(f"/p/{token}", environ_base=env).status_code == 200
+    time_machine.move_to(start + timedelta(seconds=59), tick=False)
+    assert client.get(f"/p/{token}", environ_base=env).status_code == 429
+    # A fixed window would start afresh at the minute; the moving one frees only the
+    # first half's places once they are a minute old.
+    time_machine.move_to(start + timedelta(seconds=61), tick=False)
+    allowed = [client.get(f"/p/{token}", environ_base=env).status_code for _ in range(limit)]
+    assert allowed == [200] * (limit // 2) + [429] * (limit - limit // 2)
+
+
+def test_the_open_limit_is_off_when_rate_limits_are(app_config, db, account):
+    application = create_app({**app_config, "ratelimit_enabled": False})
+    try:
+        token, _link = make_link(application, db, account)
+        client = application.test_client()
+        env = {"REMOTE_ADDR": "203.0.113.62"}
+        answers = [client.get(f"/p/{token}", environ_base=env) for _ in range(125)]
+        assert {r.status_code for r in answers} == {200}
+        assert "X-RateLimit-Limit" not in answers[-1].headers
+    finally:
+        application.extensions["paylink.queue"].close()
+        application.extensions["paylink.db"].dispose()
+
+
+def test_links_open_with_redis_down(app_config, db, account):
+    from app.embedded_redis import free_port
+
+    application = create_app({**app_config, "redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    try:
+        token, _link = make_link(application, db, account)
+        resp = application.test_client().get(f"/p/{token}")
+        assert resp.status_code == 200
+        assert "Hi Maria," in text(resp)
+        assert "X-RateLimit-Limit" not in resp.headers
+    finally:
+        application.extensions["paylink.queue"].close()
+        application.extensions["paylink.db"].dispose()
+
+
+def test_one_trip_keeps_flask_limiters_key_and_list(app, redis_client):
+    """Both count in the same Redis list, so code that moves a view between them (or a
+    deployment running both versions) keeps one count per address."""
+
+    @limiter.limit("2 per minute")
+    def by_flask_limiter() -> str:
+        return "ok"
+
+    @one_trip("2 per minute")
+    def by_one_trip() -> str:
+        return "ok"
+
+    app.add_url_rule("/probe-a", "probe_a", by_flask_limiter)
+    app.add_url_rule("/probe-b", "probe_b", by_one_trip)
+    client = app.test_client()
+    env = {"REMOTE_ADDR": "198.51.100.77"}
+    for path in ("/probe-a", "/probe-b"):
+        statuses = [client.get(path, environ_base=env).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429], path
+    keys = {k.decode() for k in redis_client.keys("LIMITS:*")}
+    assert keys == {
+        "LIMITS:LIMITER/paylink/198.51.100.77/probe_a/2/1/minute",
+        "LIMITS:LIMITER/paylink/198.51.100.77/probe_b/2/1/minute",
+    }
+    for key in keys:
+        assert redis_client.type(key) == b"list"
+        assert redis_client.llen(key) == 2
