@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import current_app, g
 from sqlalchemy import DateTime, MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -98,7 +98,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front: writers queue instead of deadlocking.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A connection of ``single_read`` begins nothing: its one statement reads a
+            # snapshot of its own and takes no write lock.
+            if not conn.get_execution_options().get(SINGLE_READ):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     else:
         kwargs.setdefault("pool_pre_ping", True)
@@ -107,6 +110,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # A forked child (an RQ work horse) must not share the parent's pooled sockets.
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return engine
+
+
+SINGLE_READ = "paylink_single_read"
+
+
+def single_read(engine: Engine) -> Connection:
+    """A connection for one read-only statement, outside any transaction: no BEGIN and
+    COMMIT around it (SQLite: no write lock; PostgreSQL: autocommit, one snapshot), for
+    hot pages that read one row. Use it as a context manager."""
+    conn = engine.connect()
+    if engine.dialect.name == "sqlite":
+        # pysqlite runs in autocommit until the begin listener says BEGIN; it says nothing.
+        return conn.execution_options(**{SINGLE_READ: True})
+    return conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 class Database:

@@ -38,7 +38,7 @@ from wtforms.fields.choices import SelectChoice
 
 from app import ratelimit
 from app.clock import utcnow
-from app.db import db_session, get_db
+from app.db import db_session, get_db, single_read
 from app.messaging.render import money
 from app.models import Account, OrgSettings
 from app.pages import private_page
@@ -336,11 +336,7 @@ def _read_open(token: str) -> tuple[Columns, Columns, Columns] | None:
         token_id = link_tokens().verify(token)
     except TokenInvalid:
         return None
-    engine = get_db().engine
-    with engine.connect() as conn:
-        if engine.dialect.name != "sqlite":
-            # One statement, one snapshot: no BEGIN and COMMIT round trips around it.
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    with single_read(get_db().engine) as conn:
         row = conn.execute(_OPEN_QUERY, {"token_id": token_id}).first()
     if row is None or row.settings_id is None:  # no link, or no settings row yet
         return None

@@ -183,6 +183,26 @@ def test_later_opens_write_nothing(app, db, client, account, settings_row, time_
     assert len(read(db, select(AuditEvent).where(AuditEvent.action == "link.opened"))) == 1
 
 
+def test_a_later_open_does_not_wait_for_a_writer(app, db, client, account, settings_row):
+    """The short way reads outside any transaction: on SQLite it takes no write lock, so
+    a long write elsewhere (a sweep, an import) does not hold up customers."""
+    token, _link = make_link(app, db, account)
+    assert client.get(f"/p/{token}").status_code == 200  # the first open is written
+    engine = app.extensions["paylink.db"].engine
+    answers: list[int] = []
+    with engine.begin() as writer:  # BEGIN IMMEDIATE on SQLite, a transaction on PostgreSQL
+        writer.execute(select(AuditEvent.id).with_for_update()).all()
+        opener = threading.Thread(
+            target=lambda: answers.append(app.test_client().get(f"/p/{token}").status_code)
+        )
+        opener.start()
+        opener.join(timeout=10)
+        done_while_writing = not opener.is_alive()
+    opener.join()
+    assert done_while_writing, "the open waited for the writer"
+    assert answers == [200]
+
+
 def test_an_expired_or_revoked_link_still_answers_410(app, db, client, account, settings_row):
     token, link = make_link(app, db, account, expires_in=timedelta(seconds=-1))
     resp = client.get(f"/p/{token}")
