@@ -3,16 +3,20 @@
 The limiter object holds no connection until the app is initialised; limits are read from
 the app's config when a request is checked.
 
-``one_trip`` limits a hot page (opening a payment link) with a single Redis round trip:
-Flask-Limiter takes two (the hit, then the window's state for the ``X-RateLimit-*``
-headers). It keeps Flask-Limiter's moving window, its Redis key and its headers, so both
-count the same entries.
+``counted_behind`` limits a hot page (opening a payment link) with no Redis round trip
+on the request at all: Flask-Limiter takes two (the hit, then the window's state for the
+``X-RateLimit-*`` headers), and a round trip costs a link open a third of its time. The
+hits are counted by a thread of each process, in batches, with Flask-Limiter's moving
+window and Redis key, so both count the same entries.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,16 +48,17 @@ def storage_uri(redis_url: str) -> str:
 
 
 @limiter.request_filter
-def _counted_in_one_trip() -> bool:
-    """Flask-Limiter skips its work (before and after the view) for ``one_trip`` views."""
+def _counted_behind() -> bool:
+    """Flask-Limiter skips its work (before and after the view) for ``counted_behind``
+    views."""
     view = current_app.view_functions.get(request.endpoint or "")
-    return getattr(view, "paylink_one_trip", False)
+    return getattr(view, "paylink_counted_behind", False)
 
 
 def init_app(app: Flask, redis_url: str, enabled: bool) -> None:
     # Connects on first use; redis-py opens new sockets in a forked worker.
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    app.extensions["paylink.ratelimit_hit"] = client.register_script(_HIT_SCRIPT)
+    app.extensions["paylink.hit_counter"] = HitCounter(client.register_script(_HIT_SCRIPT))
     app.config.update(
         RATELIMIT_STORAGE_URI=storage_uri(redis_url),
         RATELIMIT_ENABLED=enabled,
@@ -84,119 +89,206 @@ def login_email_key() -> str:
     return "login:" + request.form.get("email", "").strip().lower()[:254]
 
 
-# --- one round trip a check -----------------------------------------------------------------
+# --- counted behind the request ------------------------------------------------------------
 
 # Flask-Limiter's moving window (limits' acquire_moving_window.lua: a list of hit times,
-# newest first, at most ``limit`` long), with the window's state in the same call: how
-# many hits it holds and when its oldest one was made.
+# newest first, at most ``limit`` long), for a batch of hits in one call: KEYS[i] is hit
+# at ARGV[3i-2] (epoch seconds) against a limit of ARGV[3i-1] per ARGV[3i] seconds. For
+# each it answers, in order, whether the hit was let in, and, when the window is now full,
+# the time of its oldest hit (else 0): the next hit is refused until that one leaves.
 _HIT_SCRIPT = """
-local key = KEYS[1]
-local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local expiry = tonumber(ARGV[3])
-local floor = now - expiry
-local allowed = 1
-local last = redis.call('lindex', key, limit - 1)
-if last and tonumber(last) >= floor then
-    allowed = 0
-else
-    redis.call('lpush', key, ARGV[1])
-    redis.call('ltrim', key, 0, limit - 1)
-    redis.call('expire', key, expiry)
-end
--- The entries are newest first: find the oldest one still in the window.
-local low, high, found = 0, tonumber(redis.call('llen', key)) - 1, -1
-while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local value = tonumber(redis.call('lindex', key, mid))
-    if value and value >= floor then
-        found = mid
-        low = mid + 1
+local answers = {}
+for i, key in ipairs(KEYS) do
+    local stamp = ARGV[3 * i - 2]
+    local limit = tonumber(ARGV[3 * i - 1])
+    local expiry = tonumber(ARGV[3 * i])
+    local floor = tonumber(stamp) - expiry
+    local allowed = 0
+    local last = redis.call('lindex', key, limit - 1)
+    if not (last and tonumber(last) >= floor) then
+        allowed = 1
+        redis.call('lpush', key, stamp)
+        redis.call('ltrim', key, 0, limit - 1)
+        redis.call('expire', key, expiry)
+        last = redis.call('lindex', key, limit - 1)
+    end
+    table.insert(answers, allowed)
+    if last and tonumber(last) >= floor then
+        table.insert(answers, last)
     else
-        high = mid - 1
+        table.insert(answers, 0)
     end
 end
-if found < 0 then
-    return {allowed, 0, ARGV[1]}
-end
-return {allowed, found + 1, redis.call('lindex', key, found)}
+return answers
 """
 
 
 @dataclass(frozen=True)
-class WindowState:
-    """One check of a moving-window limit: whether it let the request through, and the
-    figures of Flask-Limiter's headers."""
+class FullWindow:
+    """A moving window with no room left: the figures of Flask-Limiter's headers on the
+    429 it answers."""
 
-    allowed: bool
     limit: int
-    remaining: int
     reset_at: int  # epoch seconds: when the oldest hit in the window leaves it
 
     def headers(self, now: float) -> dict[str, str]:
         return {
             "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Remaining": "0",
             "X-RateLimit-Reset": str(self.reset_at),
-            "Retry-After": str(int(self.reset_at - now)),
+            "Retry-After": str(max(1, int(self.reset_at - now))),
         }
 
 
 class RateLimited(TooManyRequests):
-    """Over a ``one_trip`` limit (a 429, handled like Flask-Limiter's own)."""
+    """Over a ``counted_behind`` limit (a 429, handled like Flask-Limiter's own)."""
 
     description = "Too many requests"
 
 
-def hit(script: Script, item: RateLimitItem, *identifiers: str) -> WindowState:
-    """Count one request against ``item`` for ``identifiers``, in one round trip (EVALSHA
-    of the script registered by ``init_app``)."""
-    key = f"{STORAGE_PREFIX}:{item.key_for(KEY_PREFIX, *identifiers)}"
-    expiry = item.get_expiry()
-    allowed, count, oldest = script([key], [time.time(), item.amount, expiry])
-    return WindowState(
-        allowed=bool(allowed),
-        limit=item.amount,
-        remaining=max(0, item.amount - int(count)),
-        reset_at=int(float(oldest) + expiry + 1),  # as Flask-Limiter rounds it
-    )
+def storage_key(item: RateLimitItem, *identifiers: str) -> str:
+    """Flask-Limiter's own Redis key for ``item`` and ``identifiers``."""
+    return f"{STORAGE_PREFIX}:{item.key_for(KEY_PREFIX, *identifiers)}"
+
+
+class HitCounter:
+    """Counts one process's hits of ``counted_behind`` limits in Redis, off the request path.
+
+    A request looks its key up among the keys this process has seen refused (a dict read)
+    and leaves its hit on a queue. A thread of the process sends whatever hits are queued
+    in one pipeline (one round trip however many requests came meanwhile) through the
+    moving-window script, and notes which keys are now refused and until when. Redis holds
+    the counts, so every process shares them; a process hears of a refusal from its own
+    next hit, so past the limit each process lets through at most the requests that
+    arrive while one batch is on its way. With Redis away, hits are dropped (logged once a
+    minute) and requests go through, as Flask-Limiter's do.
+    """
+
+    BATCH = 500  # hits in one pipeline at most
+    GATHER = 0.01  # seconds a batch waits for more hits after its first
+    MAX_QUEUED = 100_000  # a flood beyond this, while Redis is slow or away, is not counted
+    MAX_REFUSED = 10_000  # refused keys kept before the expired ones are swept out
+    LOG_EVERY = 60.0  # seconds between two "Redis unreachable" log lines
+
+    def __init__(self, script: Script):
+        self.script = script
+        self._pid: int | None = None
+        self._start = threading.Lock()
+
+    def refused(self, key: str, now: float) -> FullWindow | None:
+        """The full window that refuses ``key`` now, if this process knows of one."""
+        self._running()
+        full = self._refused.get(key)
+        if full is not None and full.reset_at <= now:
+            self._refused.pop(key, None)
+            return None
+        return full
+
+    def count(self, key: str, item: RateLimitItem, now: float) -> None:
+        """Queue one hit of ``key``, made at ``now``, against ``item``."""
+        self._running()
+        if self._queue.qsize() >= self.MAX_QUEUED:
+            return
+        with self._progress:
+            self._queued += 1
+        self._queue.put((key, item, now))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every hit queued so far is counted (or dropped); False on timeout."""
+        self._running()
+        with self._progress:
+            target = self._queued
+            return self._progress.wait_for(lambda: self._done >= target, timeout)
+
+    def _running(self) -> None:
+        """Start this process's thread: on first use, and again in a forked child (a
+        gunicorn worker), which inherits no thread."""
+        if self._pid == os.getpid():
+            return
+        with self._start:
+            if self._pid == os.getpid():
+                return
+            self._queue: queue.SimpleQueue[tuple[str, RateLimitItem, float]] = queue.SimpleQueue()
+            self._refused: dict[str, FullWindow] = {}
+            self._progress = threading.Condition()
+            self._queued = self._done = 0
+            self._logged_at = -self.LOG_EVERY
+            threading.Thread(target=self._work, name="paylink-hits", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _work(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            time.sleep(self.GATHER)  # let the hits of concurrent requests join this one
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._count(batch)
+            except Exception:  # the thread must outlive any one batch
+                now = time.monotonic()
+                if now - self._logged_at >= self.LOG_EVERY:
+                    self._logged_at = now
+                    log.exception("rate limit storage unreachable; hits not counted")
+            with self._progress:
+                self._done += len(batch)
+                self._progress.notify_all()
+
+    def _count(self, batch: list[tuple[str, RateLimitItem, float]]) -> None:
+        keys = [key for key, _item, _now in batch]
+        args = [v for _key, item, now in batch for v in (now, item.amount, item.get_expiry())]
+        answers = self.script(keys, args)  # one EVALSHA (loaded again if Redis forgot it)
+        refused = self._refused
+        for (key, item, _now), oldest in zip(batch, answers[1::2], strict=True):
+            if float(oldest):  # full: refused until its oldest hit leaves the window
+                reset_at = int(float(oldest) + item.get_expiry() + 1)  # as Flask-Limiter
+                refused[key] = FullWindow(item.amount, reset_at)
+            else:
+                refused.pop(key, None)
+        if len(refused) > self.MAX_REFUSED:
+            now = time.time()
+            for key in [k for k, full in refused.items() if full.reset_at <= now]:
+                refused.pop(key, None)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def one_trip(limit: str, key_func: Callable[[], str] = get_remote_address) -> Callable[[F], F]:
-    """Limit a view like ``@limiter.limit(limit)`` (per address by default), in one Redis
-    round trip. Answers 429 (``RateLimited``) past the limit; with Redis down the request
-    goes through, as Flask-Limiter's are set to."""
+def counted_behind(
+    limit: str, key_func: Callable[[], str] = get_remote_address
+) -> Callable[[F], F]:
+    """Limit a hot view like ``@limiter.limit(limit)`` (per address by default, the same
+    moving window and Redis key), with no Redis round trip on the request: see
+    ``HitCounter``. Answers 429 (``RateLimited``, with Flask-Limiter's headers) once the
+    window is full."""
     item = parse(limit)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def limited(*args: Any, **kwargs: Any) -> Any:
             if current_app.config.get("RATELIMIT_ENABLED", True):
-                _check(item, key_func(), request.endpoint or "")
+                counter: HitCounter = current_app.extensions["paylink.hit_counter"]
+                key = storage_key(item, key_func(), request.endpoint or "")
+                now = time.time()
+                full = counter.refused(key, now)
+                if full is not None:
+                    _refuse(full)
+                counter.count(key, item, now)
             return view(*args, **kwargs)
 
-        limited.paylink_one_trip = True  # type: ignore[attr-defined]
-        # Flask-Limiter leaves it alone: this one counts it.
+        limited.paylink_counted_behind = True  # type: ignore[attr-defined]
+        # Flask-Limiter leaves it alone: the counter counts it.
         return limiter.exempt(limited)  # type: ignore[return-value]
 
     return decorate
 
 
-def _check(item: RateLimitItem, key: str, scope: str) -> None:
-    script = current_app.extensions["paylink.ratelimit_hit"]
-    try:
-        state = hit(script, item, key, scope)
-    except (redis.RedisError, OSError):
-        log.exception("rate limit storage unreachable; letting the request through")
-        return
-
+def _refuse(full: FullWindow) -> None:
     @after_this_request
     def _headers(response: Response) -> Response:
-        response.headers.update(state.headers(time.time()))
+        response.headers.update(full.headers(time.time()))
         return response
 
-    if not state.allowed:
-        raise RateLimited()
+    raise RateLimited()

@@ -355,7 +355,7 @@ def _record_open(token: str, now: datetime) -> None:
 
 
 @bp.get("/p/<token>")
-@ratelimit.one_trip(OPEN_LIMIT)
+@ratelimit.counted_behind(OPEN_LIMIT)
 def start(token: str) -> str | Response:
     read = _read_open(token)
     now = utcnow()

@@ -1,11 +1,14 @@
-"""Opening a payment link, the flow's busiest request, takes a short way (one query, one
-Redis round trip); these tests hold it to the general path's behaviour: the same page,
-the settings as they are now whoever changed them and from where, the first open written
-once, and the per-address limit with Flask-Limiter's window and headers."""
+"""Opening a payment link, the flow's busiest request, takes a short way (one query, no
+Redis round trip: the per-address limit is counted behind the request); these tests hold
+it to the general path's behaviour: the same page, the settings as they are now whoever
+changed them and from where, the first open written once, and the per-address limit with
+Flask-Limiter's window, key and headers, shared by every process."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -13,12 +16,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from app import create_app
 from app.models import AuditEvent
-from app.ratelimit import limiter, one_trip
+from app.ratelimit import counted_behind, limiter
 from app.settings import get_settings
 from links import forms
 from links.views import OPEN_LIMIT
@@ -213,45 +215,65 @@ def test_an_expired_or_revoked_link_still_answers_410(app, db, client, account, 
 # --- the per-address limit ----------------------------------------------------------------
 
 
-def test_the_open_limit_takes_one_redis_round_trip(app, db, client, account, redis_server):
+def counted(app) -> None:
+    """Wait until this process has counted every open so far in Redis."""
+    assert app.extensions["paylink.hit_counter"].flush()
+
+
+def opened(app, client, token: str, env: dict[str, str]) -> int:
+    """Open the link and wait for the open to be counted: the status."""
+    status = client.get(f"/p/{token}", environ_base=env).status_code
+    counted(app)
+    return status
+
+
+def test_opens_do_not_wait_for_redis(app, db, client, account, redis_server, redis_client):
     token, _link = make_link(app, db, account)
-    client.get(f"/p/{token}")  # the script is loaded into Redis on first use
-    watcher, marker = redis.Redis.from_url(redis_server.url), redis.Redis.from_url(redis_server.url)
-    marker.ping()  # connected (HELLO) before the watch starts
-    sent: list[str] = []
+    env = {"REMOTE_ADDR": "203.0.113.59"}
+    assert opened(app, client, token, env) == 200  # the script is loaded
+    answers: list[int] = []
+    redis_server.process.send_signal(signal.SIGSTOP)  # Redis answers nothing
     try:
-        with watcher.monitor() as monitor:
-            for _ in range(3):
-                assert client.get(f"/p/{token}").status_code == 200
-            marker.echo("opens done")
-            while (event := monitor.next_command())["command"] != "ECHO opens done":
-                if event["client_type"] != "lua":  # the script's own commands are not trips
-                    sent.append(event["command"].split()[0])
+        opener = threading.Thread(
+            target=lambda: answers.extend(
+                client.get(f"/p/{token}", environ_base=env).status_code for _ in range(3)
+            )
+        )
+        opener.start()
+        # Less than the Redis client's 2 s socket timeout: an open that asked Redis would
+        # still be waiting (three opens take milliseconds).
+        opener.join(timeout=1.5)
+        done_while_stopped = not opener.is_alive()
     finally:
-        watcher.close()
-        marker.close()
-    assert sent == ["EVALSHA"] * 3
+        redis_server.process.send_signal(signal.SIGCONT)
+    opener.join()
+    assert done_while_stopped, "an open waited for Redis"
+    assert answers == [200] * 3
+    counted(app)
+    key = f"LIMITS:LIMITER/paylink/{env['REMOTE_ADDR']}/pay.start/120/1/minute"
+    assert redis_client.llen(key) == 4  # every open counted, once
 
 
-def test_the_open_limit_sends_flask_limiters_headers(app, db, client, account):
+def test_the_open_limit_answers_429_with_flask_limiters_headers(app, db, client, account):
     token, _link = make_link(app, db, account)
     env = {"REMOTE_ADDR": "203.0.113.60"}
     limit = int(OPEN_LIMIT.split()[0])
-    first = client.get(f"/p/{token}", environ_base=env)
-    second = client.get(f"/p/{token}", environ_base=env)
-    assert first.headers["X-RateLimit-Limit"] == str(limit)
-    assert first.headers["X-RateLimit-Remaining"] == str(limit - 1)
-    assert second.headers["X-RateLimit-Remaining"] == str(limit - 2)
-    reset = int(first.headers["X-RateLimit-Reset"])
-    assert time.time() + 55 < reset <= time.time() + 62
-    assert 55 <= int(first.headers["Retry-After"]) <= 61
-    for _ in range(limit - 2):
-        client.get(f"/p/{token}", environ_base=env)
+    answers = [client.get(f"/p/{token}", environ_base=env) for _ in range(limit)]
+    assert {r.status_code for r in answers} == {200}
+    assert "X-RateLimit-Limit" not in answers[0].headers  # counted after the answer
+    counted(app)
     limited = client.get(f"/p/{token}", environ_base=env)
     assert limited.status_code == 429
+    assert limited.headers["X-RateLimit-Limit"] == str(limit)
     assert limited.headers["X-RateLimit-Remaining"] == "0"
-    assert int(limited.headers["Retry-After"]) > 0
+    reset = int(limited.headers["X-RateLimit-Reset"])
+    assert time.time() + 50 < reset <= time.time() + 62
+    assert 0 < int(limited.headers["Retry-After"]) <= 61
     assert "Please wait a few minutes" in text(limited)
+    # Another address is not held back.
+    assert (
+        client.get(f"/p/{token}", environ_base={"REMOTE_ADDR": "203.0.113.70"}).status_code == 200
+    )
 
 
 def test_the_open_limit_is_a_moving_window(app, db, client, account, time_machine):
@@ -264,14 +286,51 @@ def test_the_open_limit_is_a_moving_window(app, db, client, account, time_machin
         # Half now, half 30 s later: the window holds them all until the first half ages.
         if n == limit // 2:
             time_machine.move_to(start + timedelta(seconds=30), tick=False)
-        assert client.get(f"/p/{token}", environ_base=env).status_code == 200
+        assert opened(app, client, token, env) == 200
     time_machine.move_to(start + timedelta(seconds=59), tick=False)
-    assert client.get(f"/p/{token}", environ_base=env).status_code == 429
+    assert opened(app, client, token, env) == 429
     # A fixed window would start afresh at the minute; the moving one frees only the
     # first half's places once they are a minute old.
     time_machine.move_to(start + timedelta(seconds=61), tick=False)
-    allowed = [client.get(f"/p/{token}", environ_base=env).status_code for _ in range(limit)]
+    allowed = [opened(app, client, token, env) for _ in range(limit)]
     assert allowed == [200] * (limit // 2) + [429] * (limit - limit // 2)
+
+
+def test_processes_share_the_count(app, app_config, db, client, account, redis_client):
+    """Redis holds the count: a second process refuses an address the first filled up,
+    once its own next open has told it so (one open past the limit at most)."""
+    token, _link = make_link(app, db, account)
+    env = {"REMOTE_ADDR": "203.0.113.63"}
+    limit = int(OPEN_LIMIT.split()[0])
+    assert [opened(app, client, token, env) for _ in range(limit)] == [200] * limit
+    other = create_app(app_config)
+    try:
+        other_client = other.test_client()
+        statuses = [opened(other, other_client, token, env) for _ in range(3)]
+    finally:
+        other.extensions["paylink.queue"].close()
+        other.extensions["paylink.db"].dispose()
+    assert statuses == [200, 429, 429]
+    key = f"LIMITS:LIMITER/paylink/{env['REMOTE_ADDR']}/pay.start/{limit}/1/minute"
+    assert redis_client.llen(key) == limit  # the open past the limit was not added
+
+
+def test_a_forked_process_counts_with_a_thread_of_its_own(app, db, client, account, redis_client):
+    """gunicorn forks its workers from a loaded app: a child inherits no thread."""
+    token, _link = make_link(app, db, account)
+    env = {"REMOTE_ADDR": "203.0.113.64"}
+    assert opened(app, client, token, env) == 200  # the parent's thread runs
+    key = f"LIMITS:LIMITER/paylink/{env['REMOTE_ADDR']}/pay.start/120/1/minute"
+    pid = os.fork()
+    if pid == 0:  # the child: open twice, wait for the count, report through the exit code
+        try:
+            ok = [opened(app, app.test_client(), token, env) for _ in range(2)] == [200, 200]
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_client.llen(key) == 3
 
 
 def test_the_open_limit_is_off_when_rate_limits_are(app_config, db, account):
@@ -303,7 +362,7 @@ def test_links_open_with_redis_down(app_config, db, account):
         application.extensions["paylink.db"].dispose()
 
 
-def test_one_trip_keeps_flask_limiters_key_and_list(app, redis_client):
+def test_counted_behind_keeps_flask_limiters_key_and_list(app, redis_client):
     """Both count in the same Redis list, so code that moves a view between them (or a
     deployment running both versions) keeps one count per address."""
 
@@ -311,16 +370,19 @@ def test_one_trip_keeps_flask_limiters_key_and_list(app, redis_client):
     def by_flask_limiter() -> str:
         return "ok"
 
-    @one_trip("2 per minute")
-    def by_one_trip() -> str:
+    @counted_behind("2 per minute")
+    def by_counter() -> str:
         return "ok"
 
     app.add_url_rule("/probe-a", "probe_a", by_flask_limiter)
-    app.add_url_rule("/probe-b", "probe_b", by_one_trip)
+    app.add_url_rule("/probe-b", "probe_b", by_counter)
     client = app.test_client()
     env = {"REMOTE_ADDR": "198.51.100.77"}
     for path in ("/probe-a", "/probe-b"):
-        statuses = [client.get(path, environ_base=env).status_code for _ in range(3)]
+        statuses = []
+        for _ in range(3):
+            statuses.append(client.get(path, environ_base=env).status_code)
+            counted(app)
         assert statuses == [200, 200, 429], path
     keys = {k.decode() for k in redis_client.keys("LIMITS:*")}
     assert keys == {
