@@ -1,8 +1,20 @@
-"""What every customer page with a secret in its URL sends."""
+"""What every customer page with a secret in its URL sends, and the pages a process keeps
+rendered for the busiest of them."""
 
 from __future__ import annotations
 
-from flask import Response
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+from flask import Response, current_app, render_template, request, session
+from flask_wtf.csrf import generate_csrf
+
+# Stands in for the CSRF token in a kept page; made of characters HTML escaping leaves as
+# they are, and random, so no page text can contain it.
+CSRF_SLOT = f"csrf-slot-{secrets.token_hex(16)}"
 
 
 def private_page(response: Response) -> Response:
@@ -12,3 +24,37 @@ def private_page(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+class RenderedPages:
+    """Pages rendered once for their inputs and kept in this process (the least recently
+    shown go first), with only the session's CSRF token filled in per request."""
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self._pages: OrderedDict[Hashable, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def render(self, key: Hashable, template: str, **context: Any) -> str:
+        """``render_template(template, **context)``, kept under ``key``, which must stand
+        for everything the page shows: the rows and the flow state the context was made
+        from. The page may take the session's CSRF token from ``csrf_token()``, and nothing
+        else from the request or the session. A page with flashed messages to show, and
+        any page of an app in debug mode (its templates reload), is rendered afresh."""
+        if current_app.debug or "_flashes" in session:
+            return render_template(template, **context)
+        key = (template, request.script_root, key)
+        with self._lock:
+            html = self._pages.get(key)
+            if html is not None:
+                self._pages.move_to_end(key)
+        if html is None:
+            html = render_template(template, **context, csrf_token=lambda: CSRF_SLOT)
+            with self._lock:
+                self._pages[key] = html
+                while len(self._pages) > self.size:
+                    self._pages.popitem(last=False)
+        return html.replace(CSRF_SLOT, generate_csrf())
+
+    def __len__(self) -> int:
+        return len(self._pages)

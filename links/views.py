@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -41,7 +41,7 @@ from app.clock import utcnow
 from app.db import db_session, get_db, single_read
 from app.messaging.render import money
 from app.models import Account, OrgSettings
-from app.pages import private_page
+from app.pages import RenderedPages, private_page
 from app.payments import cards
 from app.payments import service as payments
 from app.payments.models import MethodKind, Payment, PaymentMethod, PaymentStatus
@@ -57,6 +57,8 @@ bp = Blueprint("pay", __name__)
 
 # Per client address. Tokens cannot be guessed, so these only slow down abuse.
 OPEN_LIMIT = "120 per minute"
+# The start pages of recent opens, kept per process: the busiest page renders once a link.
+START_PAGES = RenderedPages()
 VERIFY_LIMIT = "20 per 15 minutes"
 # Per link: Email receipt sends a real email each time.
 RECEIPT_LIMIT = "5 per 10 minutes"
@@ -370,7 +372,20 @@ def start(token: str) -> str | Response:
     if stored is not None:  # a fresh state holds no choice to reconcile
         checkout.reconcile(flow, state)
     page = Page(token, link, account, settings, flow, state, now)  # type: ignore[arg-type]
-    return _start_page(page)
+    if flow.due_cents <= 0:
+        return _start_page(page)
+    # Everything the start page shows comes from these rows and this state.
+    shown = _frozen((token, *(list(vars(columns).values()) for columns in read), state.dump()))
+    return START_PAGES.render(shown, "pay/start.html", **_start_context(page))
+
+
+def _frozen(value: object) -> Hashable:
+    """A hashable stand-in for plain data (row values, some JSON; a flow state's dump)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value  # type: ignore[return-value]
 
 
 def _start_in_full(token: str) -> str | Response:
@@ -387,14 +402,17 @@ def _start_in_full(token: str) -> str | Response:
 def _start_page(page: Page) -> str:
     if page.flow.due_cents <= 0:
         return render_template("pay/nothing_due.html", **page.context())
-    return render_template(
-        "pay/start.html",
-        first_name=checkout.greeting_name(page.account),
-        phone=checkout.mask_phone(page.account.phone),
-        email=checkout.mask_email(page.account.email),
-        expires_text=_local(page.link.expires_at, page),
+    return render_template("pay/start.html", **_start_context(page))
+
+
+def _start_context(page: Page) -> dict[str, object]:
+    return {
+        "first_name": checkout.greeting_name(page.account),
+        "phone": checkout.mask_phone(page.account.phone),
+        "email": checkout.mask_email(page.account.email),
+        "expires_text": _local(page.link.expires_at, page),
         **page.context(Step.start),
-    )
+    }
 
 
 @bp.post("/p/<token>")

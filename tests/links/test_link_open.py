@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from app import create_app
 from app.models import AuditEvent
+from app.pages import RenderedPages
 from app.ratelimit import counted_behind, limiter
 from app.settings import get_settings
 from links import forms
@@ -83,6 +84,60 @@ def test_the_csrf_field_is_flask_wtfs_own(app, client, account, db, settings_row
     resp = client.post(f"/p/{token}", data={"csrf_token": value})
     assert resp.status_code == 302
     assert resp.headers["Location"].endswith(f"/p/{token}/verify")
+
+
+# --- the kept start page ------------------------------------------------------------------
+
+
+def csrf_value(html: str) -> str:
+    (field,) = CSRF_FIELD.findall(html)
+    return re.search(r'value="([^"]+)"', field).group(1)
+
+
+def test_each_visitor_of_a_kept_page_gets_a_token_of_their_own(app, db, account, settings_row):
+    token, _link = make_link(app, db, account)
+    first, second = app.test_client(), app.test_client()
+    first_page, second_page = text(first.get(f"/p/{token}")), text(second.get(f"/p/{token}"))
+    assert without_csrf_value(first_page) == without_csrf_value(second_page)
+    assert csrf_value(first_page) != csrf_value(second_page)
+    assert "csrf-slot-" not in first_page + second_page
+    # Each token is good in its own session only.
+    crossed = second.post(f"/p/{token}", data={"csrf_token": csrf_value(first_page)})
+    assert crossed.status_code == 400
+    own = second.post(f"/p/{token}", data={"csrf_token": csrf_value(second_page)})
+    assert own.status_code == 302
+
+
+def test_an_account_change_shows_on_the_next_open(app, db, client, account, settings_row):
+    token, _link = make_link(app, db, account)
+    before = text(client.get(f"/p/{token}"))
+    assert "Hi Maria," in before
+    assert "$150.00" in before
+    account = db.get(type(account), account.id)
+    account.name, account.balance_cents, account.phone = "Rosa Diaz", 9_900, "+12025550177"
+    db.commit()
+    after = text(app.test_client().get(f"/p/{token}"))
+    assert "Hi Rosa," in after
+    assert "$99.00" in after
+    assert "0177" in after
+    assert "Hi Maria," not in after
+
+
+def test_a_flashed_message_shows_on_a_kept_page(app, db, client, account, settings_row):
+    token, _link = make_link(app, db, account)
+    assert client.get(f"/p/{token}").status_code == 200  # kept
+    with client.session_transaction() as session:
+        session["_flashes"] = [("info", "We sent a new link to your phone.")]
+    assert "We sent a new link to your phone." in text(client.get(f"/p/{token}"))
+    assert "We sent a new link to your phone." not in text(client.get(f"/p/{token}"))
+
+
+def test_kept_pages_are_bounded(app):
+    pages = RenderedPages(size=3)
+    with app.test_request_context("/"):
+        shown = [pages.render(n, "pay/nothing_due.html", creditor=None) for n in range(5)]
+    assert len(pages) == 3
+    assert len(set(shown)) == 1
 
 
 # --- the settings as they are now ---------------------------------------------------------
