@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -331,9 +331,10 @@ class Columns:
         self.__dict__.update(zip(names, values, strict=True))
 
 
-def _read_open(token: str) -> tuple[Columns, Columns, Columns] | None:
-    """The link of ``token`` with its account and the settings, or None when the token
-    does not verify or the row is missing (the general path answers those)."""
+def _read_open(token: str) -> tuple[Columns, Columns, Columns, tuple[object, ...]] | None:
+    """The link of ``token`` with its account and the settings, and the row they came
+    from as one hashable value; None when the token does not verify or the row is missing
+    (the general path answers those)."""
     try:
         token_id = link_tokens().verify(token)
     except TokenInvalid:
@@ -345,7 +346,9 @@ def _read_open(token: str) -> tuple[Columns, Columns, Columns] | None:
     link, account, settings = (
         Columns(names, row[start : start + len(names)]) for names, start in _OPEN_SLICES
     )
-    return link, account, settings
+    # JSON columns read as lists: tuples, to be hashable.
+    values = tuple(tuple(v) if isinstance(v, list) else v for v in row)
+    return link, account, settings, values
 
 
 def _record_open(token: str, now: datetime) -> None:
@@ -363,7 +366,7 @@ def start(token: str) -> str | Response:
     now = utcnow()
     if read is None or read[0].status != LinkStatus.active or read[0].expires_at <= now:
         return _start_in_full(token)
-    link, account, settings = read
+    link, account, settings, values = read
     if link.opened_at is None:
         _record_open(token, now)
     flow = checkout.build_flow(link, account, settings)  # type: ignore[arg-type]
@@ -374,18 +377,10 @@ def start(token: str) -> str | Response:
     page = Page(token, link, account, settings, flow, state, now)  # type: ignore[arg-type]
     if flow.due_cents <= 0:
         return _start_page(page)
-    # Everything the start page shows comes from these rows and this state.
-    shown = _frozen((token, *(list(vars(columns).values()) for columns in read), state.dump()))
+    # Everything the start page shows comes from this row and this state (a dataclass,
+    # whose repr names every field).
+    shown = (token, values, repr(state))
     return START_PAGES.render(shown, "pay/start.html", **_start_context(page))
-
-
-def _frozen(value: object) -> Hashable:
-    """A hashable stand-in for plain data (row values, some JSON; a flow state's dump)."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
-    return value  # type: ignore[return-value]
 
 
 def _start_in_full(token: str) -> str | Response:
