@@ -16,8 +16,10 @@ from typing import Any
 
 from flask import current_app, g
 from sqlalchemy import DateTime, MetaData, create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine, Row
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 # Feature packages whose models live on Base; loaded by name so app/ imports no feature.
@@ -98,8 +100,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front: writers queue instead of deadlocking.
-            # A connection of ``single_read`` begins nothing: its one statement reads a
-            # snapshot of its own and takes no write lock.
+            # A connection of ``Database.read_one`` begins nothing: its one statement
+            # reads a snapshot of its own and takes no write lock.
             if not conn.get_execution_options().get(SINGLE_READ):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -113,17 +115,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 SINGLE_READ = "paylink_single_read"
-
-
-def single_read(engine: Engine) -> Connection:
-    """A connection for one read-only statement, outside any transaction: no BEGIN and
-    COMMIT around it (SQLite: no write lock; PostgreSQL: autocommit, one snapshot), for
-    hot pages that read one row. Use it as a context manager."""
-    conn = engine.connect()
-    if engine.dialect.name == "sqlite":
-        # pysqlite runs in autocommit until the begin listener says BEGIN; it says nothing.
-        return conn.execution_options(**{SINGLE_READ: True})
-    return conn.execution_options(isolation_level="AUTOCOMMIT")
+READ_POOL_NAME = "paylink-read"  # the application_name of read_one's connections
 
 
 class Database:
@@ -133,6 +125,37 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.Session = sessionmaker(self.engine, expire_on_commit=False, info=session_info)
+        # For ``read_one`` on PostgreSQL (connects on first use, as every engine does).
+        self._read_engine: Engine | None = None
+        if self.engine.dialect.name != "sqlite":
+            self._read_engine = make_engine(
+                url,
+                pool_pre_ping=False,
+                isolation_level="AUTOCOMMIT",
+                connect_args={"application_name": READ_POOL_NAME},
+            )
+
+    def read_one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        """The first row of one read-only statement, run outside any transaction, for hot
+        pages: no BEGIN or COMMIT around it (on SQLite, no write lock), and on PostgreSQL
+        no pool ping before it either. Its connections run in autocommit, and one found
+        dropped (a restarted server) is replaced and the statement run once more, so the
+        page still answers."""
+        if self._read_engine is None:  # SQLite
+            # pysqlite runs in autocommit until the begin listener says BEGIN; it says none.
+            with self.engine.connect().execution_options(**{SINGLE_READ: True}) as conn:
+                return conn.execute(statement, params).first()
+        try:
+            return self._read(self._read_engine, statement, params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return self._read(self._read_engine, statement, params)  # on a new connection
+
+    @staticmethod
+    def _read(engine: Engine, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        with engine.connect() as conn:
+            return conn.execute(statement, params).first()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -142,6 +165,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
 
 
 def get_db() -> Database:

@@ -38,7 +38,7 @@ from wtforms.fields.choices import SelectChoice
 
 from app import ratelimit
 from app.clock import utcnow
-from app.db import db_session, get_db, single_read
+from app.db import db_session, get_db
 from app.messaging.render import money
 from app.models import Account, OrgSettings
 from app.pages import RenderedPages, private_page
@@ -339,8 +339,7 @@ def _read_open(token: str) -> tuple[Columns, Columns, Columns, tuple[object, ...
         token_id = link_tokens().verify(token)
     except TokenInvalid:
         return None
-    with single_read(get_db().engine) as conn:
-        row = conn.execute(_OPEN_QUERY, {"token_id": token_id}).first()
+    row = get_db().read_one(_OPEN_QUERY, {"token_id": token_id})
     if row is None or row.settings_id is None:  # no link, or no settings row yet
         return None
     link, account, settings = (

@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy import text as sql
 
 from app import create_app
+from app.db import READ_POOL_NAME
 from app.models import AuditEvent
 from app.pages import RenderedPages
 from app.ratelimit import counted_behind, limiter
@@ -258,6 +260,28 @@ def test_a_later_open_does_not_wait_for_a_writer(app, db, client, account, setti
     opener.join()
     assert done_while_writing, "the open waited for the writer"
     assert answers == [200]
+
+
+def test_an_open_survives_a_dropped_database_connection(app, db, client, account, settings_row):
+    """The open's read takes no pool ping on PostgreSQL: a connection the server dropped
+    (a restart, a failover) is found by the read itself, which runs again on a new one."""
+    database = app.extensions["paylink.db"]
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    token, _link = make_link(app, db, account)
+    assert client.get(f"/p/{token}").status_code == 200  # the read pool keeps a connection
+    with database.engine.connect() as admin:
+        dropped = admin.execute(
+            sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = :name"
+            ),
+            {"name": READ_POOL_NAME},
+        ).all()
+    assert dropped == [(True,)]
+    again = client.get(f"/p/{token}")
+    assert again.status_code == 200
+    assert "Hi Maria," in text(again)
 
 
 def test_an_expired_or_revoked_link_still_answers_410(app, db, client, account, settings_row):
