@@ -32,7 +32,7 @@ from flask import (
 )
 from flask import session as cookie_session
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import bindparam, select
+from sqlalchemy import JSON, bindparam, select
 from werkzeug.exceptions import TooManyRequests
 from wtforms.fields.choices import SelectChoice
 
@@ -321,6 +321,10 @@ _OPEN_SLICES = (
     (_OPEN_ACCOUNT, len(_OPEN_LINK)),
     (_OPEN_SETTINGS, len(_OPEN_LINK) + len(_OPEN_ACCOUNT)),
 )
+# The JSON columns (read as lists) among the open query's, by position.
+_OPEN_JSON = tuple(
+    i for i, column in enumerate(_OPEN_QUERY.selected_columns) if isinstance(column.type, JSON)
+)
 
 
 class Columns:
@@ -345,9 +349,10 @@ def _read_open(token: str) -> tuple[Columns, Columns, Columns, tuple[object, ...
     link, account, settings = (
         Columns(names, row[start : start + len(names)]) for names, start in _OPEN_SLICES
     )
-    # JSON columns read as lists: tuples, to be hashable.
-    values = tuple(tuple(v) if isinstance(v, list) else v for v in row)
-    return link, account, settings, values
+    values = list(row)
+    for i in _OPEN_JSON:  # lists or dicts: their repr is hashable and says all they hold
+        values[i] = repr(values[i])
+    return link, account, settings, tuple(values)
 
 
 def _record_open(token: str, now: datetime) -> None:

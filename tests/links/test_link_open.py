@@ -184,6 +184,16 @@ def test_a_settings_change_written_straight_to_the_database_shows_on_the_next_op
     assert steps(again) == steps(before)
 
 
+def test_a_change_of_a_json_setting_shows_on_the_next_open(app, db, client, account, settings_row):
+    token, _link = make_link(app, db, account)
+    configure(db, virtual_collection=True, settlement_percent_off=[10, 20])
+    with_offers = steps(text(client.get(f"/p/{token}")))
+    configure(db, settlement_percent_off=[])  # no offer left to make: no offer step
+    assert steps(text(client.get(f"/p/{token}"))) == with_offers - 1
+    configure(db, settlement_percent_off=[15])
+    assert steps(text(client.get(f"/p/{token}"))) == with_offers
+
+
 def test_a_settings_change_from_another_os_process_shows_on_the_next_open(
     app, app_config, db, client, account, settings_row
 ):
