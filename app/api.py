@@ -14,7 +14,7 @@ from app import accounts, agents, validation
 from app import settings as org_settings
 from app.auth import require_api
 from app.clock import isoformat, utcnow
-from app.db import db_session
+from app.db import MAX_ID, db_session
 from app.errors import ApiError, Conflict, NotFound, ValidationFailed
 from app.models import Account, Agent, ApiKey, Role
 from app.ratelimit import api_caller_key, api_limit, limiter
@@ -24,10 +24,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(api_limit, key_func=api_caller_key)(bp)
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-# Ids are INTEGER columns: PostgreSQL's int4 holds at most 2**31 - 1 and refuses a larger
-# number in a query; a larger one in a URL is simply not found (a 404, never a 500).
-MAX_ID = 2**31 - 1
-ID = f"int(max={MAX_ID})"
+ID = f"int(max={MAX_ID})"  # a larger id in a URL is simply not found (a 404, never a 500)
 
 
 def json_body() -> dict[str, Any]:

@@ -13,8 +13,8 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from app import accounts, agents, audit, migrate
-from app.api import MAX_ID
 from app.clock import parse_instant, utcnow
+from app.db import get_by_id
 from app.models import Agent, ApiKey, Role
 from app.security import generate_password
 
@@ -83,7 +83,7 @@ def agreements_verify(agreement_id: int) -> None:
     from signing.storage import store_for
 
     with _db().transaction() as session:
-        agreement = session.get(Agreement, agreement_id) if 0 < agreement_id <= MAX_ID else None
+        agreement = get_by_id(session, Agreement, agreement_id)
         if agreement is None:
             click.echo(f"agreement {agreement_id}: no such agreement", err=True)
             sys.exit(1)

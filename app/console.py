@@ -34,10 +34,9 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length
 
 from app import agents, audit, timeline
-from app.api import MAX_ID
 from app.auth import console_agent, current_actor, login_agent, logout_agent, require_console
 from app.clock import utcnow
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.forms import Form
 from app.messaging.render import money
 from app.models import Account, AuditEvent, Hold, Message, Role
@@ -117,7 +116,7 @@ def cents_text(cents: int | None) -> str:
 
 
 def load_account(session: Session, account_id: int) -> Account:
-    account = session.get(Account, account_id) if 0 < account_id <= MAX_ID else None
+    account = get_by_id(session, Account, account_id)
     if account is None:
         abort(404, "No account has this id.")
     return account

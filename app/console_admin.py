@@ -33,8 +33,7 @@ from app import agents, audit, validation
 from app import settings as org_settings
 from app.auth import require_console
 from app.clock import utcnow
-from app.console import MAX_ID
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.models import Agent, ApiKey, Role
 from app.queue import QUEUE_NAMES, JobQueue
 from app.validation import Errors, FieldError
@@ -208,7 +207,7 @@ def _agents_page(status: int = 200, **context: Any) -> tuple[str, int]:
 
 
 def _agent(agent_id: int) -> Agent:
-    agent = db_session().get(Agent, agent_id) if 0 < agent_id <= MAX_ID else None
+    agent = get_by_id(db_session(), Agent, agent_id)
     if agent is None:
         abort(404, "There is no agent with that number.")
     return agent
@@ -320,7 +319,7 @@ def create_key(agent_id: int) -> Response | tuple[str, int]:
 @require_console(Role.admin)
 def revoke_key(key_id: int) -> Response:
     session = db_session()
-    api_key = session.get(ApiKey, key_id) if 0 < key_id <= MAX_ID else None
+    api_key = get_by_id(session, ApiKey, key_id)
     if api_key is None:
         abort(404, "There is no API key with that number.")
     agents.revoke_api_key(session, api_key, g.actor, utcnow())

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app, g
 from sqlalchemy import DateTime, MetaData, create_engine, event
@@ -114,6 +114,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+M = TypeVar("M")
+# Ids are INTEGER columns: PostgreSQL's int4 holds at most 2**31 - 1 and refuses a larger
+# number in a query.
+MAX_ID = 2**31 - 1
 SINGLE_READ = "paylink_single_read"
 READ_POOL_NAME = "paylink-read"  # the application_name of read_one's connections
 
@@ -167,6 +171,14 @@ class Database:
         self.engine.dispose()
         if self._read_engine is not None:
             self._read_engine.dispose()
+
+
+def get_by_id(session: Session, model: type[M], row_id: int, *, lock: bool = False) -> M | None:
+    """The row of ``model`` whose id is ``row_id`` (its row lock taken with ``lock``), or
+    None; an id no INTEGER column can hold is simply not found."""
+    if not 0 < row_id <= MAX_ID:
+        return None
+    return session.get(model, row_id, with_for_update=lock)
 
 
 def get_db() -> Database:

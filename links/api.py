@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.api import MAX_ID, json_body
+from app.api import json_body
 from app.auth import require_api
 from app.clock import utcnow
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import Account, Message
 from app.ratelimit import api_caller_key, api_limit, limiter
@@ -68,7 +68,7 @@ def _load(link_id: int, *, lock: bool = False) -> PaymentLink:
     """The link, or 404. ``lock`` takes its row lock (revoke, resend) so a revoke cannot
     cross a payment or another revoke, and two resends are serialized."""
     session = db_session()
-    link = session.get(PaymentLink, link_id, with_for_update=lock) if link_id <= MAX_ID else None
+    link = get_by_id(session, PaymentLink, link_id, lock=lock)
     if link is None:
         raise NotFound("No link with that id.")
     return link
@@ -87,7 +87,7 @@ def create_link() -> tuple[Response, int]:
     if isinstance(account_id, bool) or not isinstance(account_id, int):
         errors.add("account_id", "is required: the id of an account")
     else:
-        account = session.get(Account, account_id) if 0 < account_id <= MAX_ID else None
+        account = get_by_id(session, Account, account_id)
         if account is None:
             errors.add("account_id", "no account has this id")
     amount = _whole(data.get("amount_cents"), "amount_cents", errors, 1, 10**12)

@@ -32,8 +32,7 @@ from sqlalchemy.orm import Session
 from app import accounts, audit, validation
 from app.auth import require_console
 from app.clock import utcnow
-from app.console import MAX_ID
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.models import Account, Message
 from app.queue import JobSpec, enqueue_after_commit, job_id
 from app.validation import Errors, FieldError
@@ -260,7 +259,7 @@ def _index_page(status: int = 200, **context: Any) -> tuple[str, int]:
 
 
 def _load(campaign_id: int) -> Campaign:
-    campaign = db_session().get(Campaign, campaign_id) if 0 < campaign_id <= MAX_ID else None
+    campaign = get_by_id(db_session(), Campaign, campaign_id)
     if campaign is None:
         abort(404, "There is no campaign with that number.")
     return campaign

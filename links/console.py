@@ -24,8 +24,8 @@ from wtforms.validators import NumberRange, Optional
 from app import timeline
 from app.auth import current_actor, require_console
 from app.clock import utcnow
-from app.console import MAX_ID, cents_text, confirmed, load_account, parse_money
-from app.db import db_session
+from app.console import cents_text, confirmed, load_account, parse_money
+from app.db import db_session, get_by_id
 from app.forms import Form
 from app.messaging.render import money
 from app.models import Account
@@ -76,7 +76,7 @@ def chosen_channels(account: Account, errors: list[str]) -> list[str]:
 
 
 def load_link(session: Session, link_id: int, *, lock: bool = False) -> PaymentLink:
-    link = session.get(PaymentLink, link_id, with_for_update=lock) if link_id <= MAX_ID else None
+    link = get_by_id(session, PaymentLink, link_id, lock=lock)
     if link is None:
         abort(404, "No link has this id.")
     return link

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from app.api import MAX_ID, json_body
+from app.api import json_body
 from app.auth import require_api
 from app.clock import parse_instant, utcnow
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import Account, Role
 from app.settings import get_settings
@@ -141,7 +141,7 @@ def parse_request(data: dict[str, Any], now) -> tuple[service.OfferRequest | Non
 
 
 def _load(offer_id: int) -> Offer:
-    offer = db_session().get(Offer, offer_id) if offer_id <= MAX_ID else None
+    offer = get_by_id(db_session(), Offer, offer_id)
     if offer is None:
         raise NotFound("No offer with that id.")
     return offer

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, jsonify
 
 from app import validation
-from app.api import MAX_ID, json_body
+from app.api import json_body
 from app.auth import require_api
 from app.clock import utcnow
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.ratelimit import api_caller_key, api_limit, limiter
 from app.validation import Errors, FieldError
@@ -23,7 +23,7 @@ ENDED = (PlanStatus.completed, PlanStatus.defaulted)
 
 
 def _load(plan_id: int) -> PaymentPlan:
-    plan = db_session().get(PaymentPlan, plan_id) if 0 < plan_id <= MAX_ID else None
+    plan = get_by_id(db_session(), PaymentPlan, plan_id)
     if plan is None:
         raise NotFound("No plan with that id.")
     return plan

@@ -8,10 +8,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import select
 
-from app.api import MAX_ID
 from app.auth import require_api
 from app.clock import isoformat
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.errors import ApiError, NotFound
 from app.ratelimit import api_caller_key, api_limit, limiter
 from offers import chain, trail
@@ -28,7 +27,7 @@ RETRY_RENDER_SECONDS = 5
 
 
 def _load(agreement_id: int) -> Agreement:
-    agreement = db_session().get(Agreement, agreement_id) if 0 < agreement_id <= MAX_ID else None
+    agreement = get_by_id(db_session(), Agreement, agreement_id)
     if agreement is None:
         raise NotFound("No agreement with that id.")
     return agreement

@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session
 from app import audit, timeline
 from app.auth import current_actor, require_console
 from app.clock import utcnow
-from app.console import MAX_ID
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.models import Account
 from app.settings import get_settings
 from offers import chain, trail
@@ -32,7 +31,7 @@ bp = Blueprint("agreement_console", __name__, url_prefix="/console")
 
 
 def _load(session: Session, agreement_id: int) -> Agreement:
-    agreement = session.get(Agreement, agreement_id) if 0 < agreement_id <= MAX_ID else None
+    agreement = get_by_id(session, Agreement, agreement_id)
     if agreement is None:
         abort(404, "No agreement has this id.")
     return agreement

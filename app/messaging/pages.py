@@ -22,7 +22,7 @@ from app import audit
 from app.api import MAX_ID
 from app.clock import isoformat, utcnow
 from app.config import Config
-from app.db import db_session
+from app.db import db_session, get_by_id
 from app.messaging.outbox import MessageEnv
 from app.models import Account, Channel, EmailSuppression, Message
 from app.pages import private_page
@@ -97,7 +97,7 @@ def _message_for(token: str) -> Message:
         raise exceptions.NotFound("This unsubscribe link is not valid.") from None
     if not isinstance(message_id, int) or isinstance(message_id, bool):
         raise exceptions.NotFound("This unsubscribe link is not valid.")
-    message = db_session().get(Message, message_id) if 0 < message_id <= MAX_ID else None
+    message = get_by_id(db_session(), Message, message_id)
     if message is None or message.channel != Channel.email:
         raise exceptions.NotFound("This unsubscribe link is not valid.")
     return message
@@ -276,7 +276,7 @@ def dev_outbox_attachment(message_id: int, index: int) -> Response:
     if Channel.email.value not in outbox_channels(_config()):
         raise exceptions.NotFound()
     load = current_app.extensions.get("paylink.load_document")
-    message = db_session().get(Message, message_id) if 0 < message_id <= MAX_ID else None
+    message = get_by_id(db_session(), Message, message_id)
     if load is None or message is None or message.channel != Channel.email:
         raise exceptions.NotFound()
     attachments = message.attachments or []
