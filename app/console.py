@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -44,6 +44,7 @@ from app.payments.models import Payment
 from app.ratelimit import limiter, login_email_key, login_limit
 from app.settings import get_settings
 
+M = TypeVar("M")
 bp = Blueprint("console", __name__, url_prefix="/console")
 PAGE_SIZE = 25
 TIMELINE_PAGE_SIZE = 50
@@ -115,11 +116,19 @@ def cents_text(cents: int | None) -> str:
     return "" if cents is None else f"{cents // 100}.{cents % 100:02d}"
 
 
+def load_or_404(
+    session: Session, model: type[M], row_id: int, what: str, *, lock: bool = False
+) -> M:
+    """The ``model`` row with ``row_id`` (locked with ``lock``), or the console's 404 page
+    saying that no ``what`` has this id."""
+    row = get_by_id(session, model, row_id, lock=lock)
+    if row is None:
+        abort(404, f"No {what} has this id.")
+    return row
+
+
 def load_account(session: Session, account_id: int) -> Account:
-    account = get_by_id(session, Account, account_id)
-    if account is None:
-        abort(404, "No account has this id.")
-    return account
+    return load_or_404(session, Account, account_id, "account")
 
 
 def confirmed() -> bool:

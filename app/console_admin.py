@@ -33,7 +33,8 @@ from app import agents, audit, validation
 from app import settings as org_settings
 from app.auth import require_console
 from app.clock import utcnow
-from app.db import db_session, get_by_id
+from app.console import load_or_404
+from app.db import db_session
 from app.models import Agent, ApiKey, Role
 from app.queue import QUEUE_NAMES, JobQueue
 from app.validation import Errors, FieldError
@@ -207,10 +208,7 @@ def _agents_page(status: int = 200, **context: Any) -> tuple[str, int]:
 
 
 def _agent(agent_id: int) -> Agent:
-    agent = get_by_id(db_session(), Agent, agent_id)
-    if agent is None:
-        abort(404, "There is no agent with that number.")
-    return agent
+    return load_or_404(db_session(), Agent, agent_id, "agent")
 
 
 @bp.get("/agents", endpoint="agents")
@@ -319,9 +317,7 @@ def create_key(agent_id: int) -> Response | tuple[str, int]:
 @require_console(Role.admin)
 def revoke_key(key_id: int) -> Response:
     session = db_session()
-    api_key = get_by_id(session, ApiKey, key_id)
-    if api_key is None:
-        abort(404, "There is no API key with that number.")
+    api_key = load_or_404(session, ApiKey, key_id, "API key")
     agents.revoke_api_key(session, api_key, g.actor, utcnow())
     session.commit()
     flash(f"Key {api_key.prefix}… is revoked.", "success")

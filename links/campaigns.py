@@ -32,7 +32,8 @@ from sqlalchemy.orm import Session
 from app import accounts, audit, validation
 from app.auth import require_console
 from app.clock import utcnow
-from app.db import db_session, get_by_id
+from app.console import load_or_404
+from app.db import db_session
 from app.models import Account, Message
 from app.queue import JobSpec, enqueue_after_commit, job_id
 from app.validation import Errors, FieldError
@@ -259,10 +260,7 @@ def _index_page(status: int = 200, **context: Any) -> tuple[str, int]:
 
 
 def _load(campaign_id: int) -> Campaign:
-    campaign = get_by_id(db_session(), Campaign, campaign_id)
-    if campaign is None:
-        abort(404, "There is no campaign with that number.")
-    return campaign
+    return load_or_404(db_session(), Campaign, campaign_id, "campaign")
 
 
 # --- pages --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 from flask import (
     Blueprint,
     Response,
-    abort,
     flash,
     g,
     redirect,
@@ -24,8 +23,8 @@ from wtforms.validators import NumberRange, Optional
 from app import timeline
 from app.auth import current_actor, require_console
 from app.clock import utcnow
-from app.console import cents_text, confirmed, load_account, parse_money
-from app.db import db_session, get_by_id
+from app.console import cents_text, confirmed, load_account, load_or_404, parse_money
+from app.db import db_session
 from app.forms import Form
 from app.messaging.render import money
 from app.models import Account
@@ -76,10 +75,7 @@ def chosen_channels(account: Account, errors: list[str]) -> list[str]:
 
 
 def load_link(session: Session, link_id: int, *, lock: bool = False) -> PaymentLink:
-    link = get_by_id(session, PaymentLink, link_id, lock=lock)
-    if link is None:
-        abort(404, "No link has this id.")
-    return link
+    return load_or_404(session, PaymentLink, link_id, "link", lock=lock)
 
 
 @bp.route("/accounts/<int:account_id>/links/new", methods=["GET", "POST"])

@@ -36,8 +36,8 @@ from wtforms.validators import Length, Optional
 from app import timeline
 from app.auth import current_actor, require_console
 from app.clock import parse_instant, utcnow
-from app.console import cents_text, confirmed, load_account, parse_money
-from app.db import db_session, get_by_id
+from app.console import cents_text, confirmed, load_account, load_or_404, parse_money
+from app.db import db_session
 from app.forms import Form
 from app.messaging import render, segments
 from app.messaging.outbox import base_context
@@ -350,17 +350,11 @@ def preview_email(account_id: int) -> Response:
 
 
 def load_offer(session: Session, offer_id: int) -> Offer:
-    offer = get_by_id(session, Offer, offer_id)
-    if offer is None:
-        abort(404, "No offer has this id.")
-    return offer
+    return load_or_404(session, Offer, offer_id, "offer")
 
 
 def load_plan(session: Session, plan_id: int) -> PaymentPlan:
-    plan = get_by_id(session, PaymentPlan, plan_id)
-    if plan is None:
-        abort(404, "No plan has this id.")
-    return plan
+    return load_or_404(session, PaymentPlan, plan_id, "plan")
 
 
 @bp.route("/offers/<int:offer_id>/revoke", methods=["GET", "POST"])

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, render_template
+from flask import Blueprint, Response, current_app, render_template
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from app import audit, timeline
 from app.auth import current_actor, require_console
 from app.clock import utcnow
-from app.db import db_session, get_by_id
+from app.console import load_or_404
+from app.db import db_session
 from app.models import Account
 from app.settings import get_settings
 from offers import chain, trail
@@ -31,10 +32,7 @@ bp = Blueprint("agreement_console", __name__, url_prefix="/console")
 
 
 def _load(session: Session, agreement_id: int) -> Agreement:
-    agreement = get_by_id(session, Agreement, agreement_id)
-    if agreement is None:
-        abort(404, "No agreement has this id.")
-    return agreement
+    return load_or_404(session, Agreement, agreement_id, "agreement")
 
 
 def audit_body(session: Session, agreement: Agreement) -> dict[str, Any]:
