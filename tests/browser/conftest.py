@@ -85,13 +85,13 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser: Browser, live_server: str, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A fresh phone-sized browser context (its own cookies) on the live server. Whatever
-    happens, the page it ended on is saved as ``tests/artifacts/<test name>.png``."""
-    context = browser.new_context(
-        base_url=live_server, viewport=PHONE, is_mobile=True, has_touch=True, locale="en-US"
-    )
+def screenshot_context(
+    browser: Browser, request: pytest.FixtureRequest, **options: Any
+) -> Iterator[Page]:
+    """A page in a fresh browser context (its own cookies) made with ``options``, with
+    axe-core loaded. Whatever happens, the page it ended on is saved as
+    ``tests/artifacts/<test name>.png``."""
+    context = browser.new_context(locale="en-US", **options)
     context.set_default_timeout(TIMEOUT_MS)
     # axe-core in every document from the start (CSP does not apply to init scripts), so a
     # check only runs it: Axe().run would evaluate the whole script again on every page.
@@ -105,6 +105,14 @@ def page(browser: Browser, live_server: str, request: pytest.FixtureRequest) -> 
             tab.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live_server: str, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A phone-sized page on the live server (see ``screenshot_context``)."""
+    yield from screenshot_context(
+        browser, request, base_url=live_server, viewport=PHONE, is_mobile=True, has_touch=True
+    )
 
 
 # --- accessibility --------------------------------------------------------------------------

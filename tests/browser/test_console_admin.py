@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from app.clock import utcnow
 from app.models import AuditEvent, OrgSettings
 from links.models import PaymentLink
-from tests.browser.conftest import ARTIFACTS, AXE, TIMEOUT_MS, Paylink, needs_chromium
+from tests.browser.conftest import ARTIFACTS, Paylink, needs_chromium, screenshot_context
 from tests.helpers import drain
 
 pytestmark = needs_chromium
@@ -36,20 +36,8 @@ def fails_until_file(path: str) -> str:
 
 @pytest.fixture
 def desk(browser: Browser, live_server: str, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A desktop-sized browser context on the live server; the page it ended on is saved as
-    ``tests/artifacts/<test name>.png``."""
-    context = browser.new_context(base_url=live_server, viewport=DESKTOP, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    context.add_init_script(script=AXE.axe_script)
-    tab = context.new_page()
-    try:
-        yield tab
-    finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        try:
-            tab.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
-        finally:
-            context.close()
+    """A desktop-sized page on the live server (see ``screenshot_context``)."""
+    yield from screenshot_context(browser, request, base_url=live_server, viewport=DESKTOP)
 
 
 def sign_in(page: Page, person) -> None:
