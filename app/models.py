@@ -277,6 +277,20 @@ class EmailSuppression(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ParkedSmsStatus(Base):
+    """A Twilio status callback for a message sid not on record yet: the callback can
+    overtake the worker still recording the send that sid came from. Applied when the
+    send is recorded; dropped by a sweep once it is older than a day."""
+
+    __tablename__ = "parked_sms_status"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_sid: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class WebhookReceipt(Base):
     """Provider events already processed, so a repeated delivery changes nothing."""
 

@@ -8,6 +8,7 @@ from flask import current_app
 from sqlalchemy import or_, select
 
 from app.clock import utcnow
+from app.messaging import inbound
 from app.messaging.backends import build_email_backend, build_sms_backend
 from app.messaging.dispatch import Dispatcher
 from app.messaging.outbox import MessageEnv, send_job
@@ -19,6 +20,8 @@ from workers.runtime import paylink_job
 
 # A queued message still waiting this long after its time has lost its job: enqueue again.
 STUCK_AFTER = timedelta(minutes=2)
+# A Twilio status parked this long found no send of ours: not one we will ever record.
+PARKED_FOR = timedelta(days=1)
 SWEEP_BATCH = 1000  # one SendGrid call's worth of emails
 
 
@@ -83,3 +86,10 @@ def resend_stuck(now: datetime) -> dict[str, int]:
         if job_queue.enqueue(send_job(ids, key)) is not None:
             enqueued += 1
     return {"stuck_messages": found, "jobs": enqueued}
+
+
+def drop_parked_statuses(now: datetime) -> dict[str, int]:
+    """Sweep duty: forget Twilio status callbacks parked for a sid no send recorded."""
+    db = current_app.extensions["paylink.db"]
+    with db.transaction() as session:
+        return {"dropped": inbound.drop_parked(session, now - PARKED_FOR)}

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app import audit
 from app.db import Database
-from app.messaging import compliance
+from app.messaging import compliance, inbound
 from app.messaging.backends.base import (
     Attachment,
     EmailBackend,
@@ -326,6 +326,9 @@ class Dispatcher:
             advance(session, message, MessageStatus.sent, now, provider_id=result.provider_id)
             if result.delivered:
                 advance(session, message, MessageStatus.delivered, now, source="outbox")
+            elif message.channel == Channel.sms:
+                # A delivery report may have come before this answer was recorded.
+                inbound.apply_parked(session, message, now)
             self._count("sent")
             return None
         error = result.error

@@ -29,6 +29,7 @@ from app.models import (
     EmailSuppression,
     Message,
     MessageStatus,
+    ParkedSmsStatus,
     WebhookReceipt,
 )
 
@@ -264,6 +265,7 @@ def handle_inbound_sms(
 @dataclass(frozen=True)
 class StatusResult:
     found: bool
+    parked: bool = False  # kept for a send not recorded yet
     duplicate: bool = False
     moved: bool = False
     status: str | None = None  # the message's status afterwards
@@ -280,7 +282,9 @@ def record_sms_status(
     """Apply a Twilio status callback to the message whose provider id is ``message_sid``.
 
     Statuses only move forward, so callbacks may arrive in any order; the same callback
-    twice records nothing new. Error 21610 opts the account out of SMS. Flushes.
+    twice records nothing new. Error 21610 opts the account out of SMS. A callback for a
+    sid not on record is parked: it may have overtaken the worker recording the send,
+    which applies it (``apply_parked``). Flushes.
     """
     message = session.scalar(
         select(Message)
@@ -289,8 +293,15 @@ def record_sms_status(
         .with_for_update(of=Message)
     )
     if message is None:
-        log.info("twilio status %r for unknown message sid %s", status, message_sid)
-        return StatusResult(found=False)
+        log.info("twilio status %r for unknown message sid %s: parked", status, message_sid)
+        session.add(
+            ParkedSmsStatus(
+                message_sid=message_sid[:64], status=status[:32],
+                error_code=(error_code or "")[:16] or None, received_at=now,
+            )
+        )  # fmt: skip
+        session.flush()
+        return StatusResult(found=False, parked=True)
     status = status.strip().lower()
     error_code = (error_code or "").strip() or None
     receipt = _receipt_id(f"{message_sid}:{status}:{error_code or ''}")
@@ -322,6 +333,35 @@ def record_sms_status(
             )  # fmt: skip
     session.flush()
     return StatusResult(found=True, moved=moved, status=message.status)
+
+
+def apply_parked(session: Session, message: Message, now: datetime) -> int:
+    """Apply, in the order they came, the status callbacks parked for ``message``'s
+    provider id (it is being recorded now), and drop them. Returns how many applied."""
+    parked = session.scalars(
+        select(ParkedSmsStatus)
+        .where(ParkedSmsStatus.message_sid == message.provider_id)
+        .order_by(ParkedSmsStatus.id)
+    ).all()
+    for callback in parked:
+        record_sms_status(
+            session, message_sid=callback.message_sid, status=callback.status,
+            error_code=callback.error_code, now=now,
+        )  # fmt: skip
+        session.delete(callback)
+    session.flush()
+    return len(parked)
+
+
+def drop_parked(session: Session, before: datetime) -> int:
+    """Forget the parked callbacks received before ``before``: no send of ours came."""
+    stale = session.scalars(
+        select(ParkedSmsStatus).where(ParkedSmsStatus.received_at < before).limit(10_000)
+    ).all()
+    for callback in stale:
+        session.delete(callback)
+    session.flush()
+    return len(stale)
 
 
 # --- SendGrid events ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ import socket
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -229,6 +229,9 @@ class FakeProviders:
         sendgrid_api_key: str = SENDGRID_API_KEY,
     ):
         self.twilio_account_sid = twilio_account_sid
+        # Called with a new message's sid before Twilio's answer goes out: a status
+        # callback sent from here overtakes the answer, as real ones sometimes do.
+        self.twilio_before_answer: Callable[[str], None] | None = None
         self.twilio_auth_token = twilio_auth_token
         self.sendgrid_api_key = sendgrid_api_key
         self.twilio = Endpoint("twilio")
@@ -341,6 +344,8 @@ class FakeProviders:
             self._respond(handler, recorded, reply.status, body)
             return
         sid = "SM" + uuid.uuid4().hex
+        if self.twilio_before_answer is not None:
+            self.twilio_before_answer(sid)
         body = {
             "sid": sid,
             "account_sid": self.twilio_account_sid,

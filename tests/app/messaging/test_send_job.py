@@ -9,25 +9,28 @@ from typing import Any
 
 import pytest
 import time_machine
+from sqlalchemy import select
 
 from app.clock import utcnow
 from app.messaging.backends.sendgrid import SendgridEmail
 from app.messaging.backends.twilio import TwilioSms
 from app.messaging.dispatch import BACKOFF, MAX_ATTEMPTS
 from app.messaging.outbox import MessageEnv, queue_message, send_job
-from app.models import Account, Message
+from app.models import Account, Message, ParkedSmsStatus
+from tests.app.messaging.test_webhooks import STATUS, status_form, twilio_post
 from tests.fakes.providers import (
     INVALID_NUMBER,
     OK,
     RATE_LIMITED,
     SERVER_ERROR,
+    TWILIO_AUTH_TOKEN,
     TWILIO_FROM_NUMBER,
     UNSUBSCRIBED,
     Reply,
     slow,
 )
 from tests.helpers import drain
-from workers.messaging import dispatcher
+from workers.messaging import dispatcher, drop_parked_statuses
 
 # 15:00 UTC is 10:00 in New York: inside the default 08:00-21:00 window.
 NOON_NY = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -125,6 +128,49 @@ def test_sms_goes_out_through_twilio_and_keeps_its_sid(provider_app, provider_se
     assert message.status == "sent"  # delivered comes later, by status callback
     assert message.provider_id == request.provider_id
     assert (message.attempts, message.error, message.sent_at) == (1, None, NOON_NY)
+
+
+def parked(app) -> list[tuple[str, str]]:
+    with app.extensions["paylink.db"].transaction() as session:
+        rows = session.scalars(select(ParkedSmsStatus).order_by(ParkedSmsStatus.id))
+        return [(r.message_sid, r.status) for r in rows]
+
+
+def test_a_delivery_report_that_overtakes_the_answer_is_applied_with_it(
+    provider_app, provider_server, account_id
+):
+    """Twilio may call back before its answer to the send reaches the worker: the report
+    finds no message with that sid yet, is parked, and is applied when the send is."""
+    client = provider_app.test_client()
+    reports: list[tuple[int, list[tuple[str, str]]]] = []
+
+    def report(sid: str) -> None:
+        form = status_form(sid, "delivered")
+        answer = twilio_post(client, STATUS, form, token=provider_server.twilio_auth_token)
+        reports.append((answer.status_code, parked(provider_app)))
+
+    provider_server.twilio_before_answer = report
+    with time_machine.travel(NOON_NY, tick=False):
+        [message_id] = queue(provider_app, account_id)
+        drain(provider_app)
+    [request] = provider_server.twilio.requests
+    assert reports == [(200, [(request.provider_id, "delivered")])]  # parked, then applied
+    message = load(provider_app, message_id)
+    assert (message.provider_id, message.status) == (request.provider_id, "delivered")
+    assert message.delivered_at == NOON_NY
+    assert parked(provider_app) == []
+
+
+def test_parked_reports_that_no_send_claims_are_dropped_after_a_day(provider_app, account_id):
+    client = provider_app.test_client()
+    with time_machine.travel(NOON_NY, tick=False):
+        stray = status_form("SM" + "e" * 32, "delivered")
+        assert twilio_post(client, STATUS, stray, token=TWILIO_AUTH_TOKEN).status_code == 200
+    assert parked(provider_app) == [("SM" + "e" * 32, "delivered")]
+    with provider_app.app_context():
+        assert drop_parked_statuses(NOON_NY + timedelta(hours=23)) == {"dropped": 0}
+        assert drop_parked_statuses(NOON_NY + timedelta(hours=25)) == {"dropped": 1}
+    assert parked(provider_app) == []
 
 
 def test_validity_period_ends_when_the_allowed_window_does(

@@ -28,6 +28,7 @@ from app.models import (
     EmailSuppression,
     Message,
     MessageEvent,
+    ParkedSmsStatus,
     WebhookReceipt,
 )
 from tests.helpers import drain
@@ -432,11 +433,16 @@ def test_failed_21610_opts_the_account_out(client, db, sent_sms):
     assert sent_sms.account.sms_opted_out_at is not None
 
 
-def test_status_for_unknown_sid_is_200_and_changes_nothing(client, db, sent_sms):
+def test_status_for_unknown_sid_is_200_and_parked(client, db, sent_sms):
+    """It may belong to a send still being recorded (see test_send_job): kept for it."""
     response = twilio_post(client, STATUS, status_form("SM" + "f" * 32, "failed", "30003"))
     assert response.status_code == 200
     assert sent_sms.status == "sent"
     assert count(db, WebhookReceipt) == 0
+    parked = db.scalars(select(ParkedSmsStatus)).all()
+    assert [(p.message_sid, p.status, p.error_code) for p in parked] == [
+        ("SM" + "f" * 32, "failed", "30003")
+    ]
 
 
 def test_forged_status_callback_changes_nothing(client, db, sent_sms):
