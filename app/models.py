@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -280,14 +281,16 @@ class EmailSuppression(Base):
 class ParkedSmsStatus(Base):
     """A Twilio status callback for a message sid not on record yet: the callback can
     overtake the worker still recording the send that sid came from. Applied when the
-    send is recorded; dropped by a sweep once it is older than a day."""
+    send is recorded; dropped by a sweep once it is older than a day. The same callback
+    is parked once ("" for no error code, so the unique constraint sees it)."""
 
     __tablename__ = "parked_sms_status"
+    __table_args__ = (UniqueConstraint("message_sid", "status", "error_code"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    message_sid: Mapped[str] = mapped_column(String(64), index=True)
+    message_sid: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
-    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 

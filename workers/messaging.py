@@ -89,7 +89,8 @@ def resend_stuck(now: datetime) -> dict[str, int]:
 
 
 def drop_parked_statuses(now: datetime) -> dict[str, int]:
-    """Sweep duty: forget Twilio status callbacks parked for a sid no send recorded."""
+    """Sweep duty: apply the parked Twilio status callbacks whose send is on record, and
+    forget those parked for a day with no send of ours to apply them to."""
     db = current_app.extensions["paylink.db"]
     with db.transaction() as session:
-        return {"dropped": inbound.drop_parked(session, now - PARKED_FOR)}
+        return inbound.drop_parked(session, now - PARKED_FOR, now)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -286,21 +286,20 @@ def record_sms_status(
     sid not on record is parked: it may have overtaken the worker recording the send,
     which applies it (``apply_parked``). Flushes.
     """
-    message = session.scalar(
-        select(Message)
-        .where(Message.provider_id == message_sid)
-        .options(selectinload(Message.account))
-        .with_for_update(of=Message)
-    )
+    message = _message_of(session, message_sid)
+    if message is None:
+        # The send may be committing right now: once it has, or once this is parked,
+        # the other side sees it (the sid's lock orders the two on PostgreSQL; SQLite
+        # runs them one after the other anyway).
+        _lock_sid(session, message_sid)
+        message = _message_of(session, message_sid)
     if message is None:
         log.info("twilio status %r for unknown message sid %s: parked", status, message_sid)
-        session.add(
-            ParkedSmsStatus(
-                message_sid=message_sid[:64], status=status[:32],
-                error_code=(error_code or "")[:16] or None, received_at=now,
-            )
-        )  # fmt: skip
-        session.flush()
+        row = {
+            "message_sid": message_sid[:64], "status": status[:32],
+            "error_code": (error_code or "")[:16], "received_at": now,
+        }  # fmt: skip
+        session.execute(_insert_ignoring_duplicates(session, ParkedSmsStatus.__table__, [row]))
         return StatusResult(found=False, parked=True)
     status = status.strip().lower()
     error_code = (error_code or "").strip() or None
@@ -335,33 +334,65 @@ def record_sms_status(
     return StatusResult(found=True, moved=moved, status=message.status)
 
 
+def _message_of(session: Session, message_sid: str) -> Message | None:
+    return session.scalar(
+        select(Message)
+        .where(Message.provider_id == message_sid)
+        .options(selectinload(Message.account))
+        .with_for_update(of=Message)
+    )
+
+
+def _lock_sid(session: Session, message_sid: str) -> None:
+    """PostgreSQL: a transaction lock on the sid, taken by a callback that finds no
+    message and by the send that records one, so the two never miss each other."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(message_sid))))
+
+
 def apply_parked(session: Session, message: Message, now: datetime) -> int:
     """Apply, in the order they came, the status callbacks parked for ``message``'s
-    provider id (it is being recorded now), and drop them. Returns how many applied."""
+    provider id (it is being recorded in this transaction), and drop them. Each in a
+    savepoint: one that fails is logged and left parked, and the send is recorded all
+    the same. Returns how many applied."""
+    assert message.provider_id is not None
+    session.flush()  # the provider id is written before the sid's lock is taken
+    _lock_sid(session, message.provider_id)
     parked = session.scalars(
         select(ParkedSmsStatus)
         .where(ParkedSmsStatus.message_sid == message.provider_id)
         .order_by(ParkedSmsStatus.id)
     ).all()
+    applied = 0
     for callback in parked:
-        record_sms_status(
-            session, message_sid=callback.message_sid, status=callback.status,
-            error_code=callback.error_code, now=now,
-        )  # fmt: skip
-        session.delete(callback)
-    session.flush()
-    return len(parked)
+        try:
+            with session.begin_nested():
+                record_sms_status(
+                    session, message_sid=callback.message_sid, status=callback.status,
+                    error_code=callback.error_code or None, now=now,
+                )  # fmt: skip
+                session.delete(callback)
+        except Exception:  # a bad callback must not undo the send's record
+            log.exception("parked twilio status %s for %s not applied", callback.id, message.id)
+        else:
+            applied += 1
+    return applied
 
 
-def drop_parked(session: Session, before: datetime) -> int:
-    """Forget the parked callbacks received before ``before``: no send of ours came."""
-    stale = session.scalars(
-        select(ParkedSmsStatus).where(ParkedSmsStatus.received_at < before).limit(10_000)
+def drop_parked(session: Session, before: datetime, now: datetime) -> dict[str, int]:
+    """The sweep: apply the parked callbacks whose send is on record now (a send that was
+    recorded by other means), then forget those received before ``before``: no send of
+    ours will come for them."""
+    matched = session.scalars(
+        select(Message)
+        .where(Message.provider_id.in_(select(ParkedSmsStatus.message_sid)))
+        .with_for_update(of=Message)
     ).all()
-    for callback in stale:
-        session.delete(callback)
-    session.flush()
-    return len(stale)
+    applied = sum(apply_parked(session, message, now) for message in matched)
+    dropped = session.execute(
+        delete(ParkedSmsStatus).where(ParkedSmsStatus.received_at < before)
+    ).rowcount
+    return {"applied": applied, "dropped": dropped}
 
 
 # --- SendGrid events ----------------------------------------------------------------------

@@ -168,8 +168,8 @@ def test_parked_reports_that_no_send_claims_are_dropped_after_a_day(provider_app
         assert twilio_post(client, STATUS, stray, token=TWILIO_AUTH_TOKEN).status_code == 200
     assert parked(provider_app) == [("SM" + "e" * 32, "delivered")]
     with provider_app.app_context():
-        assert drop_parked_statuses(NOON_NY + timedelta(hours=23)) == {"dropped": 0}
-        assert drop_parked_statuses(NOON_NY + timedelta(hours=25)) == {"dropped": 1}
+        assert drop_parked_statuses(NOON_NY + timedelta(hours=23)) == {"applied": 0, "dropped": 0}
+        assert drop_parked_statuses(NOON_NY + timedelta(hours=25)) == {"applied": 0, "dropped": 1}
     assert parked(provider_app) == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from app import create_app
 from app.clock import utcnow
+from app.messaging import inbound
 from app.messaging.outbox import MessageEnv, queue_message
 from app.messaging.webhooks import EMPTY_TWIML
 from app.models import (
@@ -32,6 +34,8 @@ from app.models import (
     WebhookReceipt,
 )
 from tests.helpers import drain
+from tests.workers.test_processes import wait_for, waiting_on_a_lock
+from workers.messaging import drop_parked_statuses
 from workers.runtime import set_job_app
 
 BASE = "https://pay.example.test"  # the base_url of conftest's app_config
@@ -443,6 +447,57 @@ def test_status_for_unknown_sid_is_200_and_parked(client, db, sent_sms):
     assert [(p.message_sid, p.status, p.error_code) for p in parked] == [
         ("SM" + "f" * 32, "failed", "30003")
     ]
+    # Twilio's retry of the same callback is parked once.
+    again = twilio_post(client, STATUS, status_form("SM" + "f" * 32, "failed", "30003"))
+    assert again.status_code == 200
+    assert count(db, ParkedSmsStatus) == 1
+
+
+def test_the_sweep_applies_a_parked_status_whose_send_is_on_record(app, client, db, account):
+    """A send recorded without its parked callbacks (by any path) gets them from the
+    hourly sweep."""
+    sid = "SM" + "c" * 32
+    assert twilio_post(client, STATUS, status_form(sid, "delivered")).status_code == 200
+    [message_id] = queue(app, db, account.id, enqueue=False)
+    message = db.get(Message, message_id)
+    message.status, message.provider_id = "sent", sid
+    db.commit()
+    with app.app_context():
+        assert drop_parked_statuses(utcnow()) == {"applied": 1, "dropped": 0}
+    db.expire_all()
+    assert db.get(Message, message_id).status == "delivered"
+    assert count(db, ParkedSmsStatus) == 0
+
+
+def test_a_callback_racing_the_record_of_its_send_is_not_lost(app, client, db, account):
+    """PostgreSQL: the callback finds no message while the send's record is still
+    uncommitted; it waits on the sid's lock instead of parking where the send's
+    transaction has already looked, and applies to the message once it is committed."""
+    database = app.extensions["paylink.db"]
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs the two transactions one after the other")
+    sid = "SM" + "d" * 32
+    [message_id] = queue(app, db, account.id, enqueue=False)
+    answers: list[int] = []
+    with database.transaction() as recording:  # the worker recording the send
+        message = recording.get(Message, message_id)
+        message.status, message.provider_id = "sent", sid
+        assert inbound.apply_parked(recording, message, utcnow()) == 0  # nothing parked yet
+        webhook = threading.Thread(
+            target=lambda: answers.append(
+                twilio_post(app.test_client(), STATUS, status_form(sid, "delivered")).status_code
+            )
+        )
+        webhook.start()
+        wait_for(
+            lambda: waiting_on_a_lock(database.engine, "pg_advisory_xact_lock"),
+            what="the callback waiting on the sid's lock",
+        )
+    webhook.join(timeout=30)
+    assert answers == [200]
+    db.expire_all()
+    assert db.get(Message, message_id).status == "delivered"
+    assert count(db, ParkedSmsStatus) == 0
 
 
 def test_forged_status_callback_changes_nothing(client, db, sent_sms):
