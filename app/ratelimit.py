@@ -156,7 +156,7 @@ class HitCounter:
 
     A request looks its key up among the keys this process has seen refused (a dict read)
     and leaves its hit on a queue. A thread of the process sends whatever hits are queued
-    in one pipeline (one round trip however many requests came meanwhile) through the
+    in one EVALSHA (one round trip however many requests came meanwhile) of the
     moving-window script, and notes which keys are now refused and until when. Redis holds
     the counts, so every process shares them; a process hears of a refusal from its own
     next hit, so past the limit each process lets through at most the requests that
@@ -164,9 +164,12 @@ class HitCounter:
     minute) and requests go through, as Flask-Limiter's do.
     """
 
-    BATCH = 500  # hits in one pipeline at most
+    BATCH = 500  # hits in one call at most
     GATHER = 0.01  # seconds a batch waits for more hits after its first
-    MAX_QUEUED = 100_000  # a flood beyond this, while Redis is slow or away, is not counted
+    MAX_QUEUED = 20_000  # a flood beyond this, while Redis is slow or away, is not counted
+    # A hit older than this (Redis was slow or away) is not counted: pushed late, it would
+    # stand before newer ones in the window's newest-first list.
+    STALE_AFTER = 5.0
     MAX_REFUSED = 10_000  # refused keys kept before the expired ones are swept out
     LOG_EVERY = 60.0  # seconds between two "Redis unreachable" log lines
 
@@ -225,8 +228,9 @@ class HitCounter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            fresh_from = time.time() - self.STALE_AFTER
             try:
-                self._count(batch)
+                self._count([hit for hit in batch if hit[2] >= fresh_from])
             except Exception:  # the thread must outlive any one batch
                 now = time.monotonic()
                 if now - self._logged_at >= self.LOG_EVERY:
@@ -237,6 +241,8 @@ class HitCounter:
                 self._progress.notify_all()
 
     def _count(self, batch: list[tuple[str, RateLimitItem, float]]) -> None:
+        if not batch:
+            return
         keys = [key for key, _item, _now in batch]
         args = [v for _key, item, now in batch for v in (now, item.amount, item.get_expiry())]
         answers = self.script(keys, args)  # one EVALSHA (loaded again if Redis forgot it)
@@ -249,7 +255,7 @@ class HitCounter:
                 refused.pop(key, None)
         if len(refused) > self.MAX_REFUSED:
             now = time.time()
-            for key in [k for k, full in refused.items() if full.reset_at <= now]:
+            for key in [k for k, full in list(refused.items()) if full.reset_at <= now]:
                 refused.pop(key, None)
 
 

@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from limits import parse
 from sqlalchemy import select
 from sqlalchemy import text as sql
 
@@ -23,7 +24,7 @@ from app import create_app
 from app.db import READ_POOL_NAME
 from app.models import AuditEvent
 from app.pages import RenderedPages
-from app.ratelimit import counted_behind, limiter
+from app.ratelimit import counted_behind, limiter, storage_key
 from app.settings import get_settings
 from links import forms
 from links.views import OPEN_LIMIT
@@ -449,6 +450,17 @@ def test_links_open_with_redis_down(app_config, db, account):
     finally:
         application.extensions["paylink.queue"].close()
         application.extensions["paylink.db"].dispose()
+
+
+def test_hits_left_over_from_a_redis_outage_are_not_counted(app, redis_client):
+    """Pushed late, an old hit would stand before newer ones in the newest-first list."""
+    counter = app.extensions["paylink.hit_counter"]
+    item = parse(OPEN_LIMIT)
+    key = storage_key(item, "198.51.100.80", "pay.start")
+    counter.count(key, item, time.time() - counter.STALE_AFTER - 1)
+    counter.count(key, item, time.time())
+    assert counter.flush()
+    assert redis_client.llen(key) == 1
 
 
 def test_counted_behind_keeps_flask_limiters_key_and_list(app, redis_client):
