@@ -201,8 +201,8 @@ def login() -> Response | str:
                 "agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id")
             )
             audit.record(session, actor, "agent.logged_in", "agent", agent.id, now)
-            session.commit()
             login_agent(agent)
+            session.commit()
             return redirect(_safe_next(request.args.get("next")))
         flash("That email and password do not match an active agent.", "error")
     status = 400 if request.method == "POST" else 200
@@ -218,8 +218,10 @@ def logout() -> Response:
             "agent", str(agent.id), ip=request.remote_addr, request_id=g.get("request_id")
         )
         audit.record(session, actor, "agent.logged_out", "agent", agent.id, utcnow())
+        logout_agent()
         session.commit()
-    logout_agent()
+    else:
+        logout_agent()
     flash("You are signed out.", "info")
     return redirect(url_for("console.login"))
 

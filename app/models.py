@@ -62,6 +62,20 @@ class Agent(Base):
         return Role(self.role).rank >= role.rank
 
 
+class ConsoleSession(Base):
+    """One console sign-in. The session cookie carries its secret and the database only
+    the secret's hash, so signing out ends it for good, even for a copy of the cookie."""
+
+    __tablename__ = "console_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agent.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256, hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class ApiKey(Base):
     __tablename__ = "api_key"
 

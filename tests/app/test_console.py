@@ -205,6 +205,29 @@ def test_logout_needs_a_post_with_csrf_and_ends_the_session(client, agent):
         assert "agent_id" not in sess
 
 
+def test_a_copy_of_the_cookie_is_dead_once_its_session_signs_out(app, client, agent):
+    login(client, agent.email, agent.password)
+    stolen = app.test_client()
+    stolen.set_cookie("paylink_session", client.get_cookie("paylink_session").value)
+    assert signed_in(stolen)
+
+    client.post("/console/logout", data={"csrf_token": csrf_token(client, "/console/")})
+
+    assert not signed_in(client)
+    assert not signed_in(stolen)  # the cookie still verifies; its session is over
+
+
+def test_each_sign_in_is_a_session_of_its_own(app, client, agent):
+    login(client, agent.email, agent.password)
+    laptop = app.test_client()
+    login(laptop, agent.email, agent.password)
+
+    client.post("/console/logout", data={"csrf_token": csrf_token(client, "/console/")})
+
+    assert not signed_in(client)
+    assert signed_in(laptop)
+
+
 @pytest.mark.parametrize(
     "target",
     [
