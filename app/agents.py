@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.models import Agent, ApiKey, Role
+from app.models import Agent, ApiKey, ConsoleSession, Role
 from app.security import generate_api_key, hash_api_key, hash_password, verify_password
 
 # last_used_at is written at most this often per key, so reads stay reads.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# Ended and expired console sessions are kept this long (to look into afterwards).
+SESSIONS_KEPT_FOR = timedelta(days=30)
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 200  # the console's sign-in form takes no more
 
@@ -122,3 +124,14 @@ def authenticate_password(session: Session, email: str, password: str) -> Agent 
     if agent is None or not ok or not agent.active:
         return None
     return agent
+
+
+def drop_old_sessions(session: Session, now: datetime) -> int:
+    """Delete the console sessions that ended or expired over SESSIONS_KEPT_FOR ago."""
+    before = now - SESSIONS_KEPT_FOR
+    result = session.execute(
+        delete(ConsoleSession).where(
+            or_(ConsoleSession.ended_at < before, ConsoleSession.expires_at < before)
+        )
+    )
+    return result.rowcount

@@ -25,6 +25,7 @@ DUTIES: tuple[Duty, ...] = (
     Duty("installments", "workers.plans.charge_due_installments", 60, queue="payments"),
     Duty("outbox", "workers.messaging.resend_stuck", every_seconds=60, queue="messages"),
     Duty("parked-sms", "workers.messaging.drop_parked_statuses", every_seconds=3600),
+    Duty("console-sessions", "workers.console.drop_old_sessions", every_seconds=3600),
     Duty("expire-links", "workers.links.expire_links", every_seconds=60),
     Duty("charge-payments", "workers.links.charge_scheduled_payments", 60, queue="payments"),
     Duty("settle-payments", "workers.links.settle_bank_payments", 60, queue="payments"),

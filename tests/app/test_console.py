@@ -8,9 +8,10 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from app.models import Account, Agent
+from app.models import Account, Agent, ConsoleSession
+from workers.console import drop_old_sessions
 
 LOGIN = "/console/login"
 CSRF = re.compile(r'name="csrf_token"[^>]*?value="([^"]+)"')
@@ -215,6 +216,18 @@ def test_a_copy_of_the_cookie_is_dead_once_its_session_signs_out(app, client, ag
 
     assert not signed_in(client)
     assert not signed_in(stolen)  # the cookie still verifies; its session is over
+
+
+def test_sessions_long_over_are_deleted(app, db, client, agent, time_machine):
+    start = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    time_machine.move_to(start, tick=False)
+    login(client, agent.email, agent.password)
+    client.post("/console/logout", data={"csrf_token": csrf_token(client, "/console/")})
+    login(app.test_client(), agent.email, agent.password)  # left to expire
+    with app.app_context():
+        assert drop_old_sessions(start + timedelta(days=20)) == {"dropped": 0}
+        assert drop_old_sessions(start + timedelta(days=31)) == {"dropped": 2}
+    assert db.scalar(select(func.count()).select_from(ConsoleSession)) == 0
 
 
 def test_each_sign_in_is_a_session_of_its_own(app, client, agent):
