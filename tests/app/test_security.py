@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask.sessions import SecureCookieSessionInterface
 
 from app import create_app, security
-from app.models import Agent
+from app.clock import utcnow
+from app.models import Agent, ConsoleSession
 from app.ratelimit import storage_uri
 from app.security import (
     generate_api_key,
@@ -140,21 +142,44 @@ def session_stamp(app, agent_id: int) -> str:
         return s.get(Agent, agent_id).password_hash[-16:]
 
 
+def signed_in(app, agent_id: int) -> dict:
+    """What a sign-in puts in the cookie, with its console session row in the database."""
+    secret = secrets.token_urlsafe(32)
+    now = utcnow()
+    with app.extensions["paylink.db"].transaction() as s:
+        s.add(
+            ConsoleSession(
+                agent_id=agent_id, secret_hash=hashlib.sha256(secret.encode()).hexdigest(),
+                created_at=now, expires_at=now + timedelta(hours=8),
+            )
+        )  # fmt: skip
+    return {
+        "agent_id": agent_id,
+        "agent_stamp": session_stamp(app, agent_id),
+        "console_session": secret,
+    }
+
+
 def test_a_signed_session_lets_the_agent_in(app, client, agent):
-    cookie = sign_session(
-        app, app.secret_key, {"agent_id": agent.id, "agent_stamp": session_stamp(app, agent.id)}
-    )
+    cookie = sign_session(app, app.secret_key, signed_in(app, agent.id))
     client.set_cookie("paylink_session", cookie)
 
     assert client.get("/console/").status_code == 200
 
 
+def test_a_signed_cookie_without_a_console_session_is_refused(app, client, agent):
+    """Even with the app's key, a cookie naming no live console session lets no one in."""
+    data = signed_in(app, agent.id)
+    for forged in (
+        {"agent_id": agent.id, "agent_stamp": data["agent_stamp"]},
+        {**data, "console_session": secrets.token_urlsafe(32)},
+    ):
+        client.set_cookie("paylink_session", sign_session(app, app.secret_key, forged))
+        assert client.get("/console/").status_code == 302
+
+
 def test_a_session_cookie_signed_with_another_key_is_ignored(app, client, agent):
-    cookie = sign_session(
-        app,
-        "not-the-paylink-secret-0123456789abcdef",
-        {"agent_id": agent.id, "agent_stamp": session_stamp(app, agent.id)},
-    )
+    cookie = sign_session(app, "not-the-paylink-secret-0123456789abcdef", signed_in(app, agent.id))
     client.set_cookie("paylink_session", cookie)
 
     assert client.get("/console/").status_code == 302
@@ -162,18 +187,14 @@ def test_a_session_cookie_signed_with_another_key_is_ignored(app, client, agent)
 
 def test_a_session_signed_with_an_older_secret_key_still_works(app, client, agent):
     older = app.config["SECRET_KEY_FALLBACKS"][0]
-    cookie = sign_session(
-        app, older, {"agent_id": agent.id, "agent_stamp": session_stamp(app, agent.id)}
-    )
+    cookie = sign_session(app, older, signed_in(app, agent.id))
     client.set_cookie("paylink_session", cookie)
 
     assert client.get("/console/").status_code == 200
 
 
 def test_changing_the_password_ends_console_sessions(app, client, agent):
-    cookie = sign_session(
-        app, app.secret_key, {"agent_id": agent.id, "agent_stamp": session_stamp(app, agent.id)}
-    )
+    cookie = sign_session(app, app.secret_key, signed_in(app, agent.id))
     client.set_cookie("paylink_session", cookie)
     assert client.get("/console/").status_code == 200
 
