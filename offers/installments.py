@@ -352,14 +352,7 @@ def default_plan(
             .with_for_update()
         )
     )
-    cancelled = []
-    for other in remaining:
-        if other.status == InstallmentStatus.scheduled:
-            other.status = InstallmentStatus.cancelled.value
-            cancelled.append(other.n)
-    plan.status = PlanStatus.defaulted.value
-    plan.cancelled_at = now
-    plan.cancel_reason = reason
+    cancelled = plans.end_plan(plan, remaining, PlanStatus.defaulted, reason, now)
     data = {"plan_id": plan.id, "n": item.n, "installments_cancelled": cancelled}
     trail.append(session, plan.offer_id, "plan.defaulted", now, data=data)
     audit.record(

@@ -229,6 +229,27 @@ def queue_plan_cancelled(
 # --- cancellation ------------------------------------------------------------------------
 
 
+def end_plan(
+    plan: PaymentPlan,
+    installments: list[Installment],
+    status: PlanStatus,
+    reason: str,
+    now: datetime,
+) -> list[int]:
+    """End ``plan`` with ``status`` (cancelled or defaulted): each of its ``installments``
+    still scheduled is cancelled, never to be charged. Returns their numbers. The caller
+    holds the plan's and the installments' locks."""
+    cancelled = []
+    for item in installments:
+        if item.status == InstallmentStatus.scheduled:
+            item.status = InstallmentStatus.cancelled.value
+            cancelled.append(item.n)
+    plan.status = status.value
+    plan.cancelled_at = now
+    plan.cancel_reason = reason
+    return cancelled
+
+
 def cancel_plan(
     session: Session,
     plan: PaymentPlan,
@@ -272,14 +293,7 @@ def cancel_plan(
             raise ChargeInFlight(
                 "a payment of the plan is being processed right now; try again in a few minutes"
             )
-    cancelled = []
-    for item in installments:
-        if item.status == InstallmentStatus.scheduled:
-            item.status = InstallmentStatus.cancelled.value
-            cancelled.append(item.n)
-    plan.status = PlanStatus.cancelled.value
-    plan.cancelled_at = now
-    plan.cancel_reason = reason
+    cancelled = end_plan(plan, installments, PlanStatus.cancelled, reason, now)
     trail.append(
         session, plan.offer_id, "plan.cancelled", now,
         data={"plan_id": plan.id, "by": actor.type, "installments_cancelled": cancelled},
