@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from flask import Response, current_app, render_template, request, session
@@ -35,21 +35,22 @@ class RenderedPages:
         self._pages: OrderedDict[Hashable, str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def render(self, key: Hashable, template: str, **context: Any) -> str:
-        """``render_template(template, **context)``, kept under ``key``, which must stand
-        for everything the page shows: the rows and the flow state the context was made
-        from. The page may take the session's CSRF token from ``csrf_token()``, and nothing
-        else from the request or the session. A page with flashed messages to show, and
-        any page of an app in debug mode (its templates reload), is rendered afresh."""
+    def render(self, key: Hashable, template: str, context: Callable[[], dict[str, Any]]) -> str:
+        """``render_template(template, **context())``, kept under ``key``, which must stand
+        for everything the page shows: the rows and the flow state the context is made
+        from (``context`` is called only when the page is not kept yet). The page may
+        take the session's CSRF token from ``csrf_token()``, and nothing else from the
+        request or the session. A page with flashed messages to show, and any page of an
+        app in debug mode (its templates reload), is rendered afresh."""
         if current_app.debug or "_flashes" in session:
-            return render_template(template, **context)
+            return render_template(template, **context())
         key = (template, request.script_root, key)
         with self._lock:
             html = self._pages.get(key)
             if html is not None:
                 self._pages.move_to_end(key)
         if html is None:
-            html = render_template(template, **context, csrf_token=lambda: CSRF_SLOT)
+            html = render_template(template, **context(), csrf_token=lambda: CSRF_SLOT)
             with self._lock:
                 self._pages[key] = html
                 while len(self._pages) > self.size:

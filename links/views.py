@@ -384,7 +384,7 @@ def start(token: str) -> str | Response:
     # Everything the start page shows comes from this row and this state (a dataclass,
     # whose repr names every field).
     shown = (token, values, repr(state))
-    return START_PAGES.render(shown, "pay/start.html", **_start_context(page))
+    return START_PAGES.render(shown, "pay/start.html", lambda: _start_context(page))
 
 
 def _start_in_full(token: str) -> str | Response:

@@ -93,4 +93,4 @@ def drop_parked_statuses(now: datetime) -> dict[str, int]:
     forget those parked for a day with no send of ours to apply them to."""
     db = current_app.extensions["paylink.db"]
     with db.transaction() as session:
-        return inbound.drop_parked(session, now - PARKED_FOR, now)
+        return inbound.sweep_parked(session, now - PARKED_FOR, now)

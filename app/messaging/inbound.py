@@ -379,7 +379,7 @@ def apply_parked(session: Session, message: Message, now: datetime) -> int:
     return applied
 
 
-def drop_parked(session: Session, before: datetime, now: datetime) -> dict[str, int]:
+def sweep_parked(session: Session, before: datetime, now: datetime) -> dict[str, int]:
     """The sweep: apply the parked callbacks whose send is on record now (a send that was
     recorded by other means), then forget those received before ``before``: no send of
     ours will come for them."""

@@ -138,7 +138,9 @@ def test_a_flashed_message_shows_on_a_kept_page(app, db, client, account, settin
 def test_kept_pages_are_bounded(app):
     pages = RenderedPages(size=3)
     with app.test_request_context("/"):
-        shown = [pages.render(n, "pay/nothing_due.html", creditor=None) for n in range(5)]
+        shown = [
+            pages.render(n, "pay/nothing_due.html", lambda: {"creditor": None}) for n in range(5)
+        ]
     assert len(pages) == 3
     assert len(set(shown)) == 1
 
