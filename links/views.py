@@ -283,9 +283,9 @@ def _receipt_row(payment: Payment, page: Page) -> dict[str, object]:
 # --- 1. the first page: who we think you are, what is due -------------------------------
 #
 # Opening a link is the flow's busiest request (every SMS tap), so it takes the short way:
-# one query reads the link, its account and the settings row together, on a connection of
-# its own that holds no transaction open (PostgreSQL: autocommit; SQLite: the read's own
-# short transaction), and nothing else touches the database unless this is the first open.
+# one query reads the link, its account and the settings row together, outside any
+# transaction (``Database.read_one``), and nothing else touches the database unless this is
+# the first open. The start page itself is kept per process (``START_PAGES``).
 # The settings are read on every open, in that same query, so a change made anywhere
 # (the settings API, another process, a direct database write) shows on the next open.
 # Anything but an active link with a settings row takes the general path (``_load``).
