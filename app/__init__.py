@@ -44,7 +44,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _configure(app: Flask, cfg: config_module.Config) -> None:
+    from app.sessions import KeptSessionInterface
+
     Path(cfg.instance_path).mkdir(parents=True, exist_ok=True)
+    app.session_interface = KeptSessionInterface()
     app.extensions["paylink.config"] = cfg
     app.config.update(
         ENV_NAME=cfg.env,

@@ -9,17 +9,17 @@ from __future__ import annotations
 import enum
 import importlib
 import os
-from collections.abc import Iterator
+from collections import namedtuple
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import current_app, g
 from sqlalchemy import DateTime, MetaData, create_engine, event
-from sqlalchemy.engine import Engine, Row
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
 # Feature packages whose models live on Base; loaded by name so app/ imports no feature.
@@ -100,10 +100,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front: writers queue instead of deadlocking.
-            # A connection of ``Database.read_one`` begins nothing: its one statement
-            # reads a snapshot of its own and takes no write lock.
-            if not conn.get_execution_options().get(SINGLE_READ):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     else:
         kwargs.setdefault("pool_pre_ping", True)
@@ -118,8 +115,43 @@ M = TypeVar("M")
 # Ids are INTEGER columns: PostgreSQL's int4 holds at most 2**31 - 1 and refuses a larger
 # number in a query.
 MAX_ID = 2**31 - 1
-SINGLE_READ = "paylink_single_read"
 READ_POOL_NAME = "paylink-read"  # the application_name of read_one's connections
+
+
+class _PreparedRead:
+    """A statement of ``Database.read_one`` compiled for one dialect: its SQL, how its
+    parameters are passed, and how its row is made (the columns' result conversions, a
+    named tuple of their keys)."""
+
+    def __init__(self, statement: Select[Any], dialect: Dialect):
+        compiled = statement.compile(dialect=dialect)
+        for bind, name in compiled.bind_names.items():
+            if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+                raise TypeError(f"read_one passes {name!r} as it is: it needs conversion")
+        self.sql = str(compiled)
+        # Values the statement itself holds (a literal id, say), then the caller's.
+        self.fixed = {name: b.value for b, name in compiled.bind_names.items() if not b.required}
+        self.positions = compiled.positiontup  # None for a named paramstyle
+        columns = statement.selected_columns
+        self.processors = [
+            (i, proc)
+            for i, column in enumerate(columns)
+            if (proc := column.type.dialect_impl(dialect).result_processor(dialect, None))
+        ]
+        self.row_type = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+
+    def parameters(self, params: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
+        values = {**self.fixed, **params}
+        if self.positions is None:
+            return values
+        return tuple(values[name] for name in self.positions)
+
+    def make_row(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        if self.processors:
+            row = list(row)
+            for i, proc in self.processors:
+                row[i] = proc(row[i])
+        return self.row_type._make(row)
 
 
 class Database:
@@ -131,35 +163,61 @@ class Database:
         self.Session = sessionmaker(self.engine, expire_on_commit=False, info=session_info)
         # For ``read_one`` on PostgreSQL (connects on first use, as every engine does).
         self._read_engine: Engine | None = None
+        self._prepared: dict[Select[Any], _PreparedRead] = {}
         if self.engine.dialect.name != "sqlite":
             self._read_engine = make_engine(
                 url,
                 pool_pre_ping=False,
+                pool_reset_on_return=None,
                 isolation_level="AUTOCOMMIT",
                 connect_args={"application_name": READ_POOL_NAME},
             )
 
-    def read_one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
-        """The first row of one read-only statement, run outside any transaction, for hot
-        pages: no BEGIN or COMMIT around it (on SQLite, no write lock), and on PostgreSQL
-        no pool ping before it either. Its connections run in autocommit, and one found
-        dropped (a restarted server) is replaced and the statement run once more, so the
-        page still answers."""
-        if self._read_engine is None:  # SQLite
-            # pysqlite runs in autocommit until the begin listener says BEGIN; it says none.
-            with self.engine.connect().execution_options(**{SINGLE_READ: True}) as conn:
-                return conn.execute(statement, params).first()
+    def read_one(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of one read-only statement, for hot pages: a named tuple of the
+        statement's columns, values converted as SQLAlchemy converts them, or None.
+
+        It runs straight on a pooled DBAPI connection, outside any transaction: no BEGIN
+        or COMMIT around it (on SQLite, no write lock), no pool ping before it on
+        PostgreSQL, and none of the per-call work of a SQLAlchemy ``Connection`` (the
+        statement is compiled once per ``Database``). ``params`` are passed to the driver
+        as they are, so the statement's parameters must be of types that need no
+        conversion (strings, integers). A PostgreSQL connection found dropped (a
+        restarted server) is replaced and the statement run once more, so the page
+        still answers."""
+        prepared = self._prepared.get(statement)
+        if prepared is None:
+            engine = self._read_engine or self.engine
+            prepared = self._prepared[statement] = _PreparedRead(statement, engine.dialect)
+        engine = self._read_engine
+        if engine is None:  # SQLite
+            # pysqlite runs in autocommit (make_engine): one SELECT is one snapshot.
+            return self._read(self.engine, prepared, params)
         try:
-            return self._read(self._read_engine, statement, params)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+            return self._read(engine, prepared, params)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if not getattr(exc, "paylink_disconnect", False):
                 raise
-        return self._read(self._read_engine, statement, params)  # on a new connection
+        return self._read(engine, prepared, params)  # on a new connection
 
     @staticmethod
-    def _read(engine: Engine, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
-        with engine.connect() as conn:
-            return conn.execute(statement, params).first()
+    def _read(engine: Engine, prepared: _PreparedRead, params: dict[str, Any]) -> Any:
+        conn = engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(prepared.sql, prepared.parameters(params))
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, conn.dbapi_connection, None):
+                conn.invalidate(exc)  # the pool opens a new one next time
+                exc.paylink_disconnect = True  # type: ignore[attr-defined]
+            raise
+        finally:
+            conn.close()  # back to the pool
+        return None if row is None else prepared.make_row(row)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

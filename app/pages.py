@@ -10,7 +10,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from flask import Response, current_app, render_template, request, session
-from flask_wtf.csrf import generate_csrf
+
+from app.sessions import csrf_token
 
 # Stands in for the CSRF token in a kept page; made of characters HTML escaping leaves as
 # they are, and random, so no page text can contain it.
@@ -55,7 +56,7 @@ class RenderedPages:
                 self._pages[key] = html
                 while len(self._pages) > self.size:
                     self._pages.popitem(last=False)
-        return html.replace(CSRF_SLOT, generate_csrf())
+        return html.replace(CSRF_SLOT, csrf_token())
 
     def __len__(self) -> int:
         return len(self._pages)

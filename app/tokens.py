@@ -6,12 +6,76 @@ Every key in PAYLINK_SECRET_KEYS verifies, the newest signs.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    Signer,
+    TimestampSigner,
+    URLSafeTimedSerializer,
+)
+from itsdangerous.encoding import want_bytes
+from itsdangerous.signer import HMACAlgorithm
 
 from app.security import signing_keys_oldest_first
+
+# --- itsdangerous, with the per-token work done once -------------------------------------
+#
+# itsdangerous makes a Signer for each token a serializer signs or reads, derives the key
+# from the secret and the salt (an HMAC) each time, and computes HMACs with the hmac
+# module's Python object. The same keys and signatures come out of these, for less: a
+# signer kept per salt, each key derived once, each HMAC one OpenSSL call. Every signed
+# thing a page makes or reads goes through them (the session cookie, CSRF tokens, link
+# tokens), so they are on the path of every customer page.
+
+
+class OneShotHmac(HMACAlgorithm):
+    """itsdangerous' HMAC, computed by ``hmac.digest``."""
+
+    def __init__(self, digest_method: Any = None):
+        super().__init__(digest_method)
+        self.digest_name = self.digest_method().name
+
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        return hmac.digest(key, value, self.digest_name)
+
+
+class KeptKeySigner(Signer):
+    """A Signer that derives each secret key once, and HMACs with ``OneShotHmac``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if type(self.algorithm) is HMACAlgorithm:
+            self.algorithm = OneShotHmac(self.digest_method)
+        self._derived: dict[bytes, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        secret = self.secret_keys[-1] if secret_key is None else want_bytes(secret_key)
+        key = self._derived.get(secret)
+        if key is None:
+            key = self._derived[secret] = super().derive_key(secret)
+        return key
+
+
+class KeptKeyTimestampSigner(KeptKeySigner, TimestampSigner):
+    """``TimestampSigner`` (what timed serializers sign with), deriving keys once."""
+
+
+class KeptSignerSerializer(URLSafeTimedSerializer):
+    """itsdangerous' URL-safe timed serializer with one ``KeptKeyTimestampSigner`` per salt,
+    made on first use and shared (a signer holds no per-token state)."""
+
+    default_signer = KeptKeyTimestampSigner
+
+    def make_signer(self, salt: str | bytes | None = None) -> Signer:
+        signers: dict[Any, Signer] = self.__dict__.setdefault("_signers", {})
+        signer = signers.get(salt)
+        if signer is None:
+            signer = signers[salt] = super().make_signer(salt)
+        return signer
 
 
 class TokenInvalid(Exception):
@@ -33,7 +97,7 @@ class TokenService:
     max_age: int | None = None  # seconds; None: the signature never expires
 
     def __post_init__(self) -> None:
-        self._serializer = URLSafeTimedSerializer(
+        self._serializer = KeptSignerSerializer(
             signing_keys_oldest_first(self.secret_keys), salt=self.purpose
         )
 

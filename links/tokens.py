@@ -11,16 +11,15 @@ guessing that the rate limits slow down. A token is 39 characters.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature
 from itsdangerous.signer import SigningAlgorithm
 
 from app.security import signing_keys_oldest_first
-from app.tokens import TokenInvalid
+from app.tokens import KeptKeySigner, TokenInvalid
 
 PAYMENT_LINK = "payment-link"
 OFFER = "offer"
@@ -33,7 +32,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{16}")
 
 class TruncatedHmacSha256(SigningAlgorithm):
     def get_signature(self, key: bytes, value: bytes) -> bytes:
-        return hmac.new(key, value, hashlib.sha256).digest()[:MAC_BYTES]
+        return hmac.digest(key, value, "sha256")[:MAC_BYTES]
 
 
 def new_token_id() -> str:
@@ -46,7 +45,7 @@ class UrlTokens:
 
     def __init__(self, secret_keys: tuple[str, ...], purpose: str):
         self.purpose = purpose
-        self._signer = Signer(
+        self._signer = KeptKeySigner(
             signing_keys_oldest_first(secret_keys),
             salt=f"paylink.{purpose}",
             key_derivation="hmac",

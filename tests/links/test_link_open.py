@@ -17,16 +17,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from limits import parse
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy import text as sql
 
 from app import create_app
 from app.db import READ_POOL_NAME
-from app.models import AuditEvent
+from app.models import AuditEvent, OrgSettings
 from app.pages import RenderedPages
 from app.ratelimit import counted_behind, limiter, storage_key
 from app.settings import get_settings
 from links import forms
+from links.models import PaymentLink
 from links.views import OPEN_LIMIT
 from tests.links.test_flow import configure, make_account, make_link, read, reload, text
 
@@ -295,6 +296,31 @@ def test_an_open_survives_a_dropped_database_connection(app, db, client, account
     again = client.get(f"/p/{token}")
     assert again.status_code == 200
     assert "Hi Maria," in text(again)
+
+
+def test_read_one_converts_as_sqlalchemy_does(app, db, account, settings_row):
+    """read_one runs on the DBAPI connection: its row must hold what a SQLAlchemy query
+    of the same statement gives (aware UTC datetimes, JSON as lists)."""
+    _token, link = make_link(app, db, account)
+    statement = (
+        select(PaymentLink.id, PaymentLink.expires_at, OrgSettings.verification_methods)
+        .join(OrgSettings, OrgSettings.id == 1)
+        .where(PaymentLink.token_id == bindparam("token_id"))
+    )
+    database = app.extensions["paylink.db"]
+    row = database.read_one(statement, {"token_id": link.token_id})
+    expected = db.execute(statement, {"token_id": link.token_id}).one()
+    assert tuple(row) == tuple(expected)
+    assert row.expires_at.tzinfo is not None
+    assert row.id == link.id
+    assert isinstance(row.verification_methods, list)
+    assert database.read_one(statement, {"token_id": "no-such-token"}) is None
+
+
+def test_read_one_refuses_a_parameter_the_driver_cannot_take_as_it_is(app):
+    statement = select(PaymentLink.id).where(PaymentLink.expires_at < bindparam("now"))
+    with pytest.raises(TypeError, match="now"):
+        app.extensions["paylink.db"].read_one(statement, {"now": datetime.now(UTC)})
 
 
 def test_an_expired_or_revoked_link_still_answers_410(app, db, client, account, settings_row):

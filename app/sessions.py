@@ -1,0 +1,90 @@
+"""The signed session cookie and the CSRF token of a page, made with serializers kept per app.
+
+Flask builds the session's ``URLSafeTimedSerializer`` twice a request (to read the cookie,
+then to write it) and Flask-WTF builds one more for the CSRF token; each build tests its
+JSON serializer with a dump. Both also deflate every payload, even the 60 bytes of a new
+session. Here the serializers are made once per app and its keys (with the kept signers
+of ``app.tokens``), and only payloads long enough to gain from it are deflated. The
+cookie and the token are the ones Flask and Flask-WTF make and read (tests check both
+read ours): a compressed payload starts with ".", a plain one does not, and itsdangerous
+reads either.
+"""
+
+from __future__ import annotations
+
+import secrets
+import zlib
+from typing import Any
+
+from flask import Flask, current_app, g, session
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
+from itsdangerous.url_safe import URLSafeSerializerMixin
+
+from app.tokens import KeptSignerSerializer
+
+# Payloads shorter than this go as they are: deflating them saves nothing.
+DEFLATE_FROM = 200
+# Flask-WTF's names: the raw token's session key and ``g`` attribute, and its salt.
+CSRF_FIELD = "csrf_token"
+CSRF_SALT = "wtf-csrf-token"
+
+
+class CompactSerializer(KeptSignerSerializer):
+    """A kept-signer serializer (``app.tokens``) that deflates only longer payloads."""
+
+    def dump_payload(self, obj: Any) -> bytes:
+        json = super(URLSafeSerializerMixin, self).dump_payload(obj)
+        if len(json) >= DEFLATE_FROM:
+            compressed = zlib.compress(json)
+            if len(compressed) < len(json) - 1:
+                return b"." + base64_encode(compressed)
+        return base64_encode(json)
+
+
+class KeptSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie session, with its serializer made once per app and keys."""
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        if not app.secret_key:
+            return None
+        keys = (*app.config["SECRET_KEY_FALLBACKS"], app.secret_key)  # newest last
+        kept = app.extensions.get("paylink.session_serializer")
+        if kept is None or kept[0] != keys:
+            serializer = CompactSerializer(
+                list(keys),  # type: ignore[arg-type]
+                salt=self.salt,
+                serializer=self.serializer,
+                signer_kwargs={
+                    "key_derivation": self.key_derivation,
+                    "digest_method": self.digest_method,
+                },
+            )
+            kept = app.extensions["paylink.session_serializer"] = (keys, serializer)
+        return kept[1]
+
+
+def csrf_token() -> str:
+    """This request's CSRF token: Flask-WTF's ``generate_csrf``, with a kept serializer.
+
+    Flask-WTF keeps a random value in the session and signs it, with a timestamp, for the
+    form; ``validate_csrf`` checks a posted token against the session's value. The token
+    is stored on ``g`` where ``generate_csrf`` looks first, so both give the same token."""
+    token = g.get(CSRF_FIELD)
+    if token is None:
+        raw = session.get(CSRF_FIELD)
+        if not isinstance(raw, str):
+            raw = session[CSRF_FIELD] = secrets.token_hex(20)  # as long as Flask-WTF's
+        token = _csrf_serializer().dumps(raw)
+        setattr(g, CSRF_FIELD, token)
+    return token
+
+
+def _csrf_serializer() -> URLSafeTimedSerializer:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    key = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
+    kept = app.extensions.get("paylink.csrf_serializer")
+    if kept is None or kept[0] != key:
+        kept = app.extensions["paylink.csrf_serializer"] = (key, CompactSerializer(key, CSRF_SALT))
+    return kept[1]
