@@ -115,19 +115,27 @@ def _init_security(app: Flask, cfg: config_module.Config) -> None:
             # Pages that need no queue keep working; /readyz reports the outage.
             log.exception("redis is not available")
 
-    @app.after_request
-    def _headers(response: Response) -> Response:
-        headers = response.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault(
+    # Frame denial and the Content-Security-Policy on every page; a page may set its own.
+    security_headers = [
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
+        (
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
             "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        )
-        if cfg.is_production:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        ),
+    ]
+    if cfg.is_production:
+        security_headers.append(("Strict-Transport-Security", "max-age=31536000"))
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        headers = response.headers
+        present = {name.lower() for name in headers.keys()}  # noqa: SIM118 - Headers
+        for name, value in security_headers:
+            if name.lower() not in present:
+                headers.add(name, value)
         return response
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import time
-import uuid
+from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -91,28 +92,53 @@ def metrics() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
+# Methods counted by name in the metrics; any other (a client may send anything) as OTHER.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_instruments: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def instruments(method: str, endpoint: str, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram of one (method, endpoint, status), looked
+    up once: endpoints and statuses are few, and methods are counted by name only when
+    they are standard ones."""
+    key = (method if method in METHODS else "OTHER", endpoint, status)
+    pair = _instruments.get(key)
+    if pair is None:
+        pair = _instruments[key] = (
+            REQUESTS.labels(key[0], endpoint, str(status)),
+            LATENCY.labels(key[0], endpoint),
+        )
+    return pair
+
+
 def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.request_token = request_id_var.set(g.request_id)
-        g.request_started = time.perf_counter()
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+        state = g._get_current_object()
+        state.request_id = request_id
+        state.request_token = request_id_var.set(request_id)
+        state.request_started = time.perf_counter()
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
-        started = g.get("request_started")
+        state = g._get_current_object()
+        response.headers["X-Request-ID"] = getattr(state, "request_id", "")
+        rule = request.url_rule
+        endpoint = rule.endpoint if rule is not None else "unmatched"
+        status = response.status_code
+        started = getattr(state, "request_started", None)
         elapsed = time.perf_counter() - started if started is not None else 0.0
-        LATENCY.labels(request.method, endpoint).observe(elapsed)
+        count, latency = instruments(request.method, endpoint, status)
+        count.inc()
+        latency.observe(elapsed)
         log.info(
             "%s %s %s",
             request.method,
             endpoint,
-            response.status_code,
-            extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
+            status,
+            extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
         )
         return response
 

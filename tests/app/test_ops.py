@@ -66,6 +66,39 @@ def test_metrics_count_requests(client):
     assert float(line.rsplit(" ", 1)[1]) >= 2
 
 
+def counted(text: str, method: str, endpoint: str) -> list[str]:
+    return [
+        ln for ln in text.splitlines()
+        if ln.startswith("paylink_http_requests_total{")
+        and f'method="{method}"' in ln and f'endpoint="{endpoint}"' in ln
+    ]  # fmt: skip
+
+
+def test_a_made_up_method_is_counted_as_other(client):
+    """Clients choose the method: counting each by name would grow the metrics (and the
+    per-label lookups kept for them) without bound."""
+
+    def others() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        assert not [ln for ln in text.splitlines() if "BREW" in ln or "FROB" in ln]
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in counted(text, "OTHER", "unmatched"))
+
+    before = others()  # the counter lives as long as the process
+    for method in ("BREW", "FROB", "BREW"):
+        assert client.open("/healthz", method=method).status_code == 405
+    assert others() == before + 3
+
+
+def test_a_page_keeps_a_security_header_it_sets_itself(app, client):
+    @app.get("/own-csp")
+    def own_csp():
+        return "ok", 200, {"Content-Security-Policy": "default-src 'none'"}
+
+    resp = client.get("/own-csp")
+    assert resp.headers.getlist("Content-Security-Policy") == ["default-src 'none'"]
+    assert resp.headers["X-Frame-Options"] == "DENY"
+
+
 def test_request_id_is_echoed_and_logged(client, caplog):
     with caplog.at_level(logging.INFO, logger="paylink.request"):
         resp = client.get("/healthz", headers={"X-Request-ID": "req-abc-123"})
