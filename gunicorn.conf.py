@@ -8,9 +8,6 @@ default below listens on every interface. Command-line options win over this fil
 from __future__ import annotations
 
 import os
-import re
-
-from gunicorn.glogging import Logger
 
 bind = [f"0.0.0.0:{os.environ.get('PORT', '5000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -21,6 +18,9 @@ threads = 4
 # connects nothing in create_app, and its engine and Redis pools reset after a fork.
 preload_app = True
 accesslog = "-"  # stdout
+# One JSON line per request, with the app's request id and endpoint and any customer page's
+# token masked (app/logs.py); gunicorn's access_log_format is not used.
+logger_class = "app.logs.AccessLog"
 errorlog = "-"  # stderr
 # gunicorn's control socket sits at one path per user ($HOME/.gunicorn/gunicorn.ctl), which
 # two Paylinks on one machine (make run next to the tests) would fight over; we never use it.
@@ -33,25 +33,3 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
-
-
-# The customer pages' paths hold a secret token (/p/<token>, /o/<token>, /m/<token>,
-# /u/<token>): whoever has it can open the page, so it must not be written to logs.
-TOKEN_PATH = re.compile(r"(/[pomu]/)[^/?#\s]+")
-TOKEN_MASK = r"\1[token]"  # noqa: S105 - a placeholder, not a secret
-
-
-class TokenMaskingLogger(Logger):
-    """gunicorn's logger, with the token of a customer page's path masked in every access
-    log field that holds the path."""
-
-    def atoms(self, resp, req, environ, request_time):
-        atoms = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "U", "f", "{raw_uri}e", "{path_info}e", "{referer}i"):
-            value = atoms.get(key)
-            if isinstance(value, str) and "/" in value:
-                atoms[key] = TOKEN_PATH.sub(TOKEN_MASK, value)
-        return atoms
-
-
-logger_class = TokenMaskingLogger

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import secrets
@@ -22,9 +21,8 @@ from prometheus_client import (
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from sqlalchemy import text
 
-from app.logs import request_id_var
+from app.logs import ENVIRON_ENDPOINT, ENVIRON_REQUEST_ID, request_id_var
 
-log = logging.getLogger("paylink.request")
 bp = Blueprint("ops", __name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 READY_TIMEOUT = 1.0  # seconds each dependency may take to answer /readyz
@@ -133,13 +131,10 @@ def init_app(app: Flask) -> None:
         count, latency = instruments(request.method, endpoint, status)
         count.inc()
         latency.observe(elapsed)
-        log.info(
-            "%s %s %s",
-            request.method,
-            endpoint,
-            status,
-            extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
-        )
+        # For the access line gunicorn writes once the response is sent (app/logs.py).
+        environ = request.environ
+        environ[ENVIRON_REQUEST_ID] = getattr(state, "request_id", None)
+        environ[ENVIRON_ENDPOINT] = endpoint
         return response
 
     @app.teardown_request
