@@ -7,6 +7,7 @@ the same key will find again, never a second charge.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -25,6 +26,8 @@ from app.payments.models import (
     PaymentMethod,
     PaymentStatus,
 )
+
+log = logging.getLogger(__name__)
 
 
 class InvalidTransition(Exception):
@@ -178,6 +181,18 @@ def finish_charge(session: Session, payment: Payment, result: ChargeResult, now:
         payment.decline_code = result.decline_code
         payment.decline_message = result.decline_message
     session.flush()
+    # What happened to the money, for operations: ids, amount and outcome; never the
+    # method's details.
+    log.info(
+        "payment %s %s",
+        payment.id,
+        payment.status,
+        extra={
+            "payment_id": payment.id, "account_id": payment.account_id,
+            "amount_cents": payment.amount_cents, "status": str(payment.status),
+            "decline_code": payment.decline_code, "gateway_reference": payment.gateway_reference,
+        },
+    )  # fmt: skip
 
 
 def settle(session: Session, payment: Payment, result: ChargeResult, now: datetime) -> None:
