@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
@@ -25,6 +26,26 @@ from app.logs import ENVIRON_ENDPOINT, ENVIRON_REQUEST_ID, request_id_var
 
 bp = Blueprint("ops", __name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestIds:
+    """Request ids of 32 hex characters, unique without asking the OS for randomness on
+    every request (``os.urandom`` is a system call): 16 random ones drawn once per process
+    (again in a forked child), then a counter."""
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+request_ids = RequestIds()
 READY_TIMEOUT = 1.0  # seconds each dependency may take to answer /readyz
 
 REQUESTS = Counter(
@@ -113,7 +134,7 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else request_ids.next()
         state = g._get_current_object()
         state.request_id = request_id
         state.request_token = request_id_var.set(request_id)

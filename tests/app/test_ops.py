@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 
 from app import create_app
 from app.embedded_redis import free_port
 from app.logs import JsonFormatter
+from app.ops import request_ids
 
 
 def test_healthz(client):
@@ -106,6 +109,24 @@ def test_request_id_is_echoed(client):
     other = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"})
     assert other.headers["X-Request-ID"] != "bad id <script>"
     assert len(other.headers["X-Request-ID"]) == 32
+
+
+def test_request_ids_are_unique_across_requests_and_forked_processes(client):
+    ids = {client.get("/healthz").headers["X-Request-ID"] for _ in range(5)}
+    assert len(ids) == 5
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker draws its own
+        os.write(write, request_ids.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    mine = request_ids.next()
+    assert child[:16] != mine[:16]
+    assert child not in ids
 
 
 def test_app_logs_carry_the_request_id(app, client, caplog):
