@@ -164,6 +164,23 @@ def storage_key(item: RateLimitItem, *identifiers: str) -> str:
     return f"{STORAGE_PREFIX}:{item.key_for(KEY_PREFIX, *identifiers)}"
 
 
+# Forks so far in this process's line, and the lock that starts counter threads: a forked
+# child inherits no thread (so each counter starts its own again, seeing a new number) and
+# must not inherit the lock held by a thread of its parent. Comparing a number costs a
+# request less than asking for the process id.
+_forks = 0
+_start_lock = threading.Lock()
+
+
+def _forked() -> None:
+    global _forks, _start_lock
+    _forks += 1
+    _start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class HitCounter:
     """Counts one process's hits of ``counted_behind`` limits in Redis, off the request path.
 
@@ -188,8 +205,7 @@ class HitCounter:
 
     def __init__(self, script: Script):
         self.script = script
-        self._pid: int | None = None
-        self._start = threading.Lock()
+        self._generation = -1  # the process generation (``_forks``) its thread runs in
 
     def refused(self, key: str, now: float) -> FullWindow | None:
         """The full window that refuses ``key`` now, if this process knows of one."""
@@ -219,10 +235,10 @@ class HitCounter:
     def _running(self) -> None:
         """Start this process's thread: on first use, and again in a forked child (a
         gunicorn worker), which inherits no thread."""
-        if self._pid == os.getpid():
+        if self._generation == _forks:
             return
-        with self._start:
-            if self._pid == os.getpid():
+        with _start_lock:
+            if self._generation == _forks:
                 return
             self._queue: queue.SimpleQueue[tuple[str, RateLimitItem, float]] = queue.SimpleQueue()
             self._refused: dict[str, FullWindow] = {}
@@ -230,7 +246,7 @@ class HitCounter:
             self._queued = self._done = 0
             self._logged_at = -self.LOG_EVERY
             threading.Thread(target=self._work, name="paylink-hits", daemon=True).start()
-            self._pid = os.getpid()
+            self._generation = _forks
 
     def _work(self) -> None:
         while True:

@@ -20,7 +20,7 @@ from limits import parse
 from sqlalchemy import bindparam, select
 from sqlalchemy import text as sql
 
-from app import create_app
+from app import create_app, ratelimit
 from app.db import READ_POOL_NAME
 from app.models import AuditEvent, OrgSettings
 from app.pages import RenderedPages
@@ -449,6 +449,40 @@ def test_a_forked_process_counts_with_a_thread_of_its_own(app, db, client, accou
     _pid, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert redis_client.llen(key) == 3
+
+
+def test_a_child_forked_while_a_counter_starts_still_counts(app, db, client, account, redis_client):
+    """Another thread of the parent held the lock that starts counter threads when the
+    fork happened: the child gets a lock of its own instead of waiting forever."""
+    token, _link = make_link(app, db, account)
+    env = {"REMOTE_ADDR": "203.0.113.65"}
+    key = f"LIMITS:LIMITER/paylink/{env['REMOTE_ADDR']}/pay.start/120/1/minute"
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_start_lock() -> None:
+        with ratelimit._start_lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_start_lock)
+    holder.start()
+    held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its first open starts its counter thread
+            signal.alarm(10)  # a child stuck on the inherited lock dies instead
+            try:
+                ok = opened(app, app.test_client(), token, env) == 200
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+        _pid, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_client.llen(key) == 1
 
 
 def test_the_open_limit_is_off_when_rate_limits_are(app_config, db, account):
