@@ -469,6 +469,39 @@ def test_the_sweep_applies_a_parked_status_whose_send_is_on_record(app, client, 
     assert count(db, ParkedSmsStatus) == 0
 
 
+def test_a_parked_callback_that_fails_leaves_the_send_recorded(
+    app, client, db, account, monkeypatch
+):
+    """Each parked callback is applied in a savepoint: one that raises stays parked (and
+    is logged), the others apply, and the send's record commits all the same."""
+    sid = "SM" + "e" * 32
+    for status, code in (("failed", "30003"), ("delivered", None)):
+        assert twilio_post(client, STATUS, status_form(sid, status, code)).status_code == 200
+    assert count(db, ParkedSmsStatus) == 2
+    real = inbound.record_sms_status
+
+    def failing_on_failed(session, **kwargs):
+        result = real(session, **kwargs)  # its writes happen, then it fails
+        if kwargs["status"] == "failed":
+            raise RuntimeError("a callback that cannot be applied")
+        return result
+
+    monkeypatch.setattr(inbound, "record_sms_status", failing_on_failed)
+    [message_id] = queue(app, db, account.id, enqueue=False)
+    database = app.extensions["paylink.db"]
+    with database.transaction() as recording:  # the worker recording the send
+        message = recording.get(Message, message_id)
+        message.status, message.provider_id = "sent", sid
+        assert inbound.apply_parked(recording, message, utcnow()) == 1
+    db.expire_all()
+    recorded = db.get(Message, message_id)
+    assert recorded.provider_id == sid  # the send's record stands
+    assert recorded.status == "delivered"  # the good callback applied
+    assert recorded.error is None  # nothing of the failed one's writes
+    left = db.scalars(select(ParkedSmsStatus)).all()
+    assert [(p.status, p.error_code) for p in left] == [("failed", "30003")]
+
+
 def test_a_callback_racing_the_record_of_its_send_is_not_lost(app, client, db, account):
     """PostgreSQL: the callback finds no message while the send's record is still
     uncommitted; it waits on the sid's lock instead of parking where the send's
