@@ -126,19 +126,22 @@ class _PreparedRead:
     def __init__(self, statement: Select[Any], dialect: Dialect):
         compiled = statement.compile(dialect=dialect)
         for bind, name in compiled.bind_names.items():
+            if bind.expanding or bind.literal_execute:
+                raise TypeError(f"read_one cannot send {name!r}: it is rendered at execution")
             if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
                 raise TypeError(f"read_one passes {name!r} as it is: it needs conversion")
+        self.dialect = dialect
         self.sql = str(compiled)
         # Values the statement itself holds (a literal id, say), then the caller's.
-        self.fixed = {name: b.value for b, name in compiled.bind_names.items() if not b.required}
+        self.fixed = {
+            name: b.effective_value for b, name in compiled.bind_names.items() if not b.required
+        }
         self.positions = compiled.positiontup  # None for a named paramstyle
-        columns = statement.selected_columns
-        self.processors = [
-            (i, proc)
-            for i, column in enumerate(columns)
-            if (proc := column.type.dialect_impl(dialect).result_processor(dialect, None))
-        ]
-        self.row_type = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+        self.columns = statement.selected_columns
+        # Made from the first result's description: some conversions depend on the type
+        # the driver reports (PostgreSQL's numerics, say).
+        self.processors: list[tuple[int, Any]] | None = None
+        self.row_type = namedtuple("Row", [c.key for c in self.columns], rename=True)  # type: ignore[misc]
 
     def parameters(self, params: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
         values = {**self.fixed, **params}
@@ -146,10 +149,22 @@ class _PreparedRead:
             return values
         return tuple(values[name] for name in self.positions)
 
-    def make_row(self, row: Sequence[Any]) -> tuple[Any, ...]:
-        if self.processors:
+    def make_row(self, row: Sequence[Any], description: Sequence[Any]) -> tuple[Any, ...]:
+        processors = self.processors
+        if processors is None:
+            dialect = self.dialect
+            processors = self.processors = [
+                (i, proc)
+                for i, (column, described) in enumerate(zip(self.columns, description, strict=True))
+                if (
+                    proc := column.type.dialect_impl(dialect).result_processor(
+                        dialect, described[1]
+                    )
+                )
+            ]
+        if processors:
             row = list(row)
-            for i, proc in self.processors:
+            for i, proc in processors:
                 row[i] = proc(row[i])
         return self.row_type._make(row)
 
@@ -182,9 +197,9 @@ class Database:
         PostgreSQL, and none of the per-call work of a SQLAlchemy ``Connection`` (the
         statement is compiled once per ``Database``). ``params`` are passed to the driver
         as they are, so the statement's parameters must be of types that need no
-        conversion (strings, integers). A PostgreSQL connection found dropped (a
-        restarted server) is replaced and the statement run once more, so the page
-        still answers."""
+        conversion (strings, integers). When a PostgreSQL connection is found dropped (a
+        restarted server), the pool is emptied (its other connections are as dead) and the
+        statement runs once more on a new connection, so the page still answers."""
         prepared = self._prepared.get(statement)
         if prepared is None:
             engine = self._read_engine or self.engine
@@ -208,16 +223,22 @@ class Database:
             try:
                 cursor.execute(prepared.sql, prepared.parameters(params))
                 row = cursor.fetchone()
+                description = cursor.description
             finally:
                 cursor.close()
         except engine.dialect.loaded_dbapi.Error as exc:
             if engine.dialect.is_disconnect(exc, conn.dbapi_connection, None):
-                conn.invalidate(exc)  # the pool opens a new one next time
+                conn.invalidate(exc)
+                engine.dispose()  # the pool's other connections went with the server
                 exc.paylink_disconnect = True  # type: ignore[attr-defined]
             raise
+        except BaseException:
+            # Interrupted mid-statement: the connection may still be busy with it.
+            conn.invalidate()
+            raise
         finally:
-            conn.close()  # back to the pool
-        return None if row is None else prepared.make_row(row)
+            conn.close()  # back to the pool (an invalidated one is discarded)
+        return None if row is None else prepared.make_row(row, description)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -278,12 +278,17 @@ def test_a_later_open_does_not_wait_for_a_writer(app, db, client, account, setti
 
 def test_an_open_survives_a_dropped_database_connection(app, db, client, account, settings_row):
     """The open's read takes no pool ping on PostgreSQL: a connection the server dropped
-    (a restart, a failover) is found by the read itself, which runs again on a new one."""
+    (a restart, a failover) is found by the read itself, which empties the pool (every
+    connection in it went with the server) and runs again on a new one."""
     database = app.extensions["paylink.db"]
     if database.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no server to drop a connection")
     token, _link = make_link(app, db, account)
     assert client.get(f"/p/{token}").status_code == 200  # the read pool keeps a connection
+    read_engine = database._read_engine
+    held = [read_engine.raw_connection() for _ in range(3)]  # the pool now keeps three
+    for conn in held:
+        conn.close()
     with database.engine.connect() as admin:
         dropped = admin.execute(
             sql(
@@ -292,10 +297,11 @@ def test_an_open_survives_a_dropped_database_connection(app, db, client, account
             ),
             {"name": READ_POOL_NAME},
         ).all()
-    assert dropped == [(True,)]
-    again = client.get(f"/p/{token}")
-    assert again.status_code == 200
-    assert "Hi Maria," in text(again)
+    assert dropped == [(True,)] * 3
+    for _ in range(3):  # no open lands on another dead connection
+        again = client.get(f"/p/{token}")
+        assert again.status_code == 200
+        assert "Hi Maria," in text(again)
 
 
 def test_read_one_converts_as_sqlalchemy_does(app, db, account, settings_row):
@@ -321,6 +327,10 @@ def test_read_one_refuses_a_parameter_the_driver_cannot_take_as_it_is(app):
     statement = select(PaymentLink.id).where(PaymentLink.expires_at < bindparam("now"))
     with pytest.raises(TypeError, match="now"):
         app.extensions["paylink.db"].read_one(statement, {"now": datetime.now(UTC)})
+    ids = bindparam("ids", expanding=True)
+    listed = select(PaymentLink.id).where(PaymentLink.token_id.in_(ids))
+    with pytest.raises(TypeError, match="ids"):  # an IN list is rendered at execution
+        app.extensions["paylink.db"].read_one(listed, {"ids": ["a", "b"]})
 
 
 def test_an_expired_or_revoked_link_still_answers_410(app, db, client, account, settings_row):
