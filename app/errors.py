@@ -9,6 +9,8 @@ from typing import Any
 from flask import Flask, Response, json, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from app.logs import mask_tokens
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -103,7 +105,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response | tuple[str, int]:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, mask_tokens(request.path))
         if wants_problem_json():
             return problem(500, "Internal Server Error", "Something went wrong on our side.")
         detail = "Something went wrong on our side. Please try again in a moment."

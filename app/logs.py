@@ -119,6 +119,14 @@ def mask_tokens(path: str) -> str:
     return TOKEN_PATH.sub(TOKEN_MASK, path)
 
 
+def _path(environ: dict[str, Any]) -> str:
+    """The path as the app routed it (percent-decoded: ``/%70/<token>`` is ``/p/<token>``),
+    with the query string."""
+    path = environ.get("PATH_INFO") or environ.get("RAW_URI", "")
+    query = environ.get("QUERY_STRING")
+    return f"{path}?{query}" if query else path
+
+
 def access_entry(
     status: int, environ: dict[str, Any], request_time: timedelta, sent: int | None
 ) -> dict[str, object]:
@@ -131,7 +139,7 @@ def access_entry(
         "logger": "paylink.access",
         "msg": f"{method} {endpoint or '-'} {status}",
         "method": method,
-        "path": redact(mask_tokens(environ.get("RAW_URI") or environ.get("PATH_INFO", ""))),
+        "path": redact(mask_tokens(_path(environ))),
         "status": status,
         "duration_ms": round(request_time.total_seconds() * 1000, 2),
         "bytes": sent,

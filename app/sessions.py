@@ -49,7 +49,7 @@ class KeptSessionInterface(SecureCookieSessionInterface):
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         if not app.secret_key:
             return None
-        keys = (*app.config["SECRET_KEY_FALLBACKS"], app.secret_key)  # newest last
+        keys = (*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key)  # newest last
         kept = app.extensions.get("paylink.session_serializer")
         if kept is None or kept[0] != keys:
             serializer = CompactSerializer(

@@ -181,18 +181,7 @@ def finish_charge(session: Session, payment: Payment, result: ChargeResult, now:
         payment.decline_code = result.decline_code
         payment.decline_message = result.decline_message
     session.flush()
-    # What happened to the money, for operations: ids, amount and outcome; never the
-    # method's details.
-    log.info(
-        "payment %s %s",
-        payment.id,
-        payment.status,
-        extra={
-            "payment_id": payment.id, "account_id": payment.account_id,
-            "amount_cents": payment.amount_cents, "status": str(payment.status),
-            "decline_code": payment.decline_code, "gateway_reference": payment.gateway_reference,
-        },
-    )  # fmt: skip
+    _log_outcome(payment, "charge")
 
 
 def settle(session: Session, payment: Payment, result: ChargeResult, now: datetime) -> None:
@@ -211,6 +200,24 @@ def settle(session: Session, payment: Payment, result: ChargeResult, now: dateti
             # The money never came: the balance is owed again, with any settlement discount.
             account.balance_cents += payment.amount_cents + (payment.written_off_cents or 0)
     session.flush()
+    if payment.status != PaymentStatus.pending:
+        _log_outcome(payment, "settlement")
+
+
+def _log_outcome(payment: Payment, event: str) -> None:
+    """What happened to the money, for operations: ids, amount and outcome as recorded in
+    the caller's transaction; never the method's details."""
+    log.info(
+        "payment %s %s: %s",
+        payment.id,
+        event,
+        payment.status,
+        extra={
+            "payment_id": payment.id, "account_id": payment.account_id, "event": event,
+            "amount_cents": payment.amount_cents, "status": str(payment.status),
+            "decline_code": payment.decline_code, "gateway_reference": payment.gateway_reference,
+        },
+    )  # fmt: skip
 
 
 def _mark_paid(session: Session, payment: Payment, now: datetime) -> None:

@@ -5,6 +5,7 @@ endpoint, and never a customer page's token."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import runpy
 from datetime import timedelta
@@ -46,8 +47,9 @@ def access_lines(
 
 def environ_for(path: str, **extra: Any) -> dict[str, Any]:
     return {
-        "REQUEST_METHOD": "GET", "RAW_URI": path, "PATH_INFO": path.split("?")[0],
-        "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "203.0.113.9",
+        "REQUEST_METHOD": "GET", "RAW_URI": path, "PATH_INFO": path.partition("?")[0],
+        "QUERY_STRING": path.partition("?")[2], "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "203.0.113.9",
         "HTTP_USER_AGENT": "phone", **extra,
     }  # fmt: skip
 
@@ -110,3 +112,23 @@ def test_every_token_route_is_masked(app):
     for rule in token_rules:
         path = re.sub(r"<(?!token>)[^>]+>", "1", rule.replace("<token>", TOKEN))
         assert TOKEN not in TOKEN_PATH.sub(TOKEN_MASK, path), rule
+
+
+def test_a_percent_encoded_token_path_is_masked_as_the_app_routed_it(tmp_path):
+    environ = environ_for(f"/%70/{TOKEN}?from=sms")
+    environ["PATH_INFO"] = f"/p/{TOKEN}"  # what the server decoded and the app routed
+    environ["QUERY_STRING"] = "from=sms"
+    (entry,) = access_lines(tmp_path, environ)
+    assert entry["path"] == "/p/[token]?from=sms"
+
+
+def test_an_unexpected_errors_log_line_masks_the_token(app, client, caplog):
+    @app.get("/o/<token>/explode")
+    def explode(token: str) -> str:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR):
+        assert client.get(f"/o/{TOKEN}/explode").status_code == 500
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "unhandled error on GET /o/[token]/explode" in logged
+    assert TOKEN not in logged

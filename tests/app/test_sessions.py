@@ -74,6 +74,12 @@ def test_a_cookie_signed_with_the_previous_key_still_reads_after_a_rotation():
     assert read_cookie(after, cookie) == SMALL
     retired = flask_app(NEW_KEY, [], interface)  # the old key retired
     assert read_cookie(retired, cookie) == {}
+    # Flask's own interface, after the same rotation, reads it too, and ours reads Flask's.
+    assert (
+        read_cookie(flask_app(NEW_KEY, [OLD_KEY], SecureCookieSessionInterface()), cookie) == SMALL
+    )
+    stock_before = cookie_of(flask_app(OLD_KEY, [], SecureCookieSessionInterface()), SMALL)
+    assert read_cookie(flask_app(NEW_KEY, [OLD_KEY], KeptSessionInterface()), stock_before) == SMALL
 
 
 def test_a_serializer_is_made_once_per_app_and_keys():

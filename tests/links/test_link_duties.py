@@ -3,6 +3,7 @@ debits) through ``flask sweep --at`` and real workers, with time moved by time-m
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -520,7 +521,10 @@ class ReturningBank:
         return answer
 
 
-def test_a_returned_bank_debit_restores_the_balance_and_tells_the_customer(app, time_machine):
+def test_a_returned_bank_debit_restores_the_balance_and_tells_the_customer(
+    app, time_machine, caplog
+):
+    caplog.set_level(logging.INFO, logger="app.payments.service")
     payment_id = schedule_payment(app, make_link(app), card=None, bank_account="123456789")
     sweep(app, at(time_machine, DUE))
     drain(app)
@@ -540,6 +544,14 @@ def test_a_returned_bank_debit_restores_the_balance_and_tells_the_customer(app, 
     notices = messages(app, "payment_failed")
     assert sorted(m.channel for m in notices) == ["email", "sms"]
     assert {m.status for m in notices} == {"delivered"}
+    outcomes = [
+        (r.payment_id, r.event, r.status, r.decline_code)
+        for r in caplog.records
+        if getattr(r, "payment_id", None) == payment_id
+    ]
+    # (The charge itself ran in the worker's process.)
+    assert outcomes == [(payment_id, "settlement", "declined", "insufficient_funds")]
+    assert "123456789" not in caplog.text  # the account number is never logged
 
 
 def test_a_debit_the_gateway_still_holds_stays_pending(app, time_machine):
