@@ -103,6 +103,23 @@ def set_agent_active(
         audit.record(session, actor, action, "agent", agent.id, now)
 
 
+def set_agent_role(
+    session: Session, agent: Agent, role: Role, actor: audit.Actor, now: datetime
+) -> bool:
+    """Give ``agent`` another role, at once for their sessions and API keys (both read the
+    agent on every request). Audited; False when it was their role already."""
+    if agent.role == role:
+        return False
+    before = agent.role
+    agent.role = role.value
+    session.flush()
+    audit.record(
+        session, actor, "agent.role_changed", "agent", agent.id, now,
+        {"from": str(before), "to": role.value},
+    )  # fmt: skip
+    return True
+
+
 def authenticate_key(session: Session, key: str, now: datetime) -> ApiKey | None:
     """The live key matching ``key`` (its agent active), touching last_used_at."""
     api_key = session.scalar(

@@ -276,6 +276,22 @@ def deactivate_agent(agent_id: int) -> Response | tuple[str, int]:
     return redirect(url_for("console_admin.agents"))
 
 
+@bp.post("/agents/<int:agent_id>/role")
+@require_console(Role.admin)
+def change_role(agent_id: int) -> Response | tuple[str, int]:
+    session = db_session()
+    agent = _agent(agent_id)
+    if agent.id == g.agent.id:
+        return _agents_page(400, page_error="You cannot change your own role: ask another admin.")
+    role = request.form.get("role", "")
+    if role not in {r.value for r in Role}:
+        return _agents_page(400, page_error="Choose agent, supervisor or admin.")
+    if agents.set_agent_role(session, agent, Role(role), g.actor, utcnow()):
+        session.commit()
+        flash(f"{agent.email} is now {role}.", "success")
+    return redirect(url_for("console_admin.agents"))
+
+
 @bp.post("/agents/<int:agent_id>/activate")
 @require_console(Role.admin)
 def activate_agent(agent_id: int) -> Response:

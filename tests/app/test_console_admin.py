@@ -337,6 +337,62 @@ def test_an_admin_cannot_deactivate_themselves(app, admin):
     assert client.get(AGENTS).status_code == 200  # still signed in
 
 
+def role_of(app, agent_id: int) -> str:
+    with app.extensions["paylink.db"].Session() as s:
+        return s.get(Agent, agent_id).role
+
+
+def test_an_admin_changes_an_agents_role_which_applies_at_once(app, admin, agent):
+    agent_client = signed_in(app, agent)
+    assert agent_client.get(SETTINGS).status_code == 403  # an agent's role
+    client = signed_in(app, admin)
+    page = client.get(AGENTS).get_data(as_text=True)
+    assert f'<label for="role-{agent.id}">Role of {agent.email}</label>' in page
+    assert f'for="role-{admin.id}"' not in page  # not their own
+
+    resp = client.post(
+        f"{AGENTS}/{agent.id}/role",
+        data={"csrf_token": token(client, AGENTS), "role": "supervisor"},
+    )
+
+    assert resp.status_code == 302
+    assert role_of(app, agent.id) == "supervisor"
+    assert agent_client.get(SETTINGS).status_code == 200  # the same sign-in, the new role
+    assert app.test_client().get("/api/v1/settings", headers=agent.headers).status_code == 200
+    (event,) = audit_actions(app, "agent.role_changed")
+    assert (event.object_id, event.data) == (str(agent.id), {"from": "agent", "to": "supervisor"})
+    # The same role again changes and records nothing.
+    again = client.post(
+        f"{AGENTS}/{agent.id}/role",
+        data={"csrf_token": token(client, AGENTS), "role": "supervisor"},
+    )
+    assert again.status_code == 302
+    assert len(audit_actions(app, "agent.role_changed")) == 1
+
+
+def test_a_role_change_refused_changes_nothing(app, admin, agent, supervisor):
+    client = signed_in(app, admin)
+    csrf = token(client, AGENTS)
+    own = client.post(f"{AGENTS}/{admin.id}/role", data={"csrf_token": csrf, "role": "agent"})
+    assert own.status_code == 400
+    assert "You cannot change your own role" in own.get_data(as_text=True)
+    bad = client.post(f"{AGENTS}/{agent.id}/role", data={"csrf_token": csrf, "role": "owner"})
+    assert bad.status_code == 400
+    assert "Choose agent, supervisor or admin." in bad.get_data(as_text=True)
+    no_csrf = client.post(f"{AGENTS}/{agent.id}/role", data={"role": "admin"})
+    assert no_csrf.status_code == 400
+    missing = client.post(f"{AGENTS}/999999/role", data={"csrf_token": csrf, "role": "admin"})
+    assert missing.status_code == 404
+    # A supervisor may not hand out roles.
+    other = signed_in(app, supervisor)
+    refused = other.post(
+        f"{AGENTS}/{agent.id}/role", data={"csrf_token": token(other, "/console/"), "role": "admin"}
+    )
+    assert refused.status_code == 403
+    assert (role_of(app, admin.id), role_of(app, agent.id)) == ("admin", "agent")
+    assert audit_actions(app, "agent.role_changed") == []
+
+
 def test_unknown_agent_or_key_is_a_404_page(app, admin):
     client = signed_in(app, admin)
     csrf = token(client, AGENTS)

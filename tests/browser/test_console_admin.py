@@ -194,7 +194,7 @@ def test_agents_and_api_keys(app: Flask, desk: Page, accessible: Check, admin):
 
     desk.get_by_label("Email", exact=True).fill("sam@paylink.test")
     desk.get_by_label("Name", exact=True).fill("Sam Reed")
-    desk.get_by_label("Role").select_option("supervisor")
+    desk.get_by_label("Role", exact=True).select_option("supervisor")
     desk.get_by_label("Password").fill("short")
     desk.get_by_role("button", name="Add agent").click()
     expect(desk.locator("#password-error")).to_have_text("A password needs at least 10 characters.")
@@ -220,6 +220,10 @@ def test_agents_and_api_keys(app: Flask, desk: Page, accessible: Check, admin):
     desk.get_by_role("button", name=re.compile(r"^Revoke key .* of sam@paylink\.test$")).click()
     expect(desk.get_by_text(re.compile(r"Key .* is revoked\."))).to_be_visible()
     assert client.get("/api/v1/settings", headers=headers).status_code == 401
+    desk.get_by_label("Role of sam@paylink.test", exact=True).select_option("admin")
+    desk.get_by_role("button", name="Change role of sam@paylink.test").click()
+    expect(desk.get_by_text("sam@paylink.test is now admin.")).to_be_visible()
+    expect(desk.get_by_label("Role of sam@paylink.test", exact=True)).to_have_value("admin")
     desk.get_by_role("button", name="Deactivate sam@paylink.test").click()
     expect(desk.get_by_role("button", name="Activate sam@paylink.test")).to_be_visible()
     expect(desk.get_by_role("button", name=f"Deactivate {admin.email}")).to_have_count(0)
