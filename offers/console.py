@@ -81,7 +81,12 @@ EVENT_TEXT = {
     "offer.declined": "declined by the customer",
     "offer.revoked": "revoked",
     "offer.expired": "expired",
+    "offer.reminder_sent": "reminder sent",
+    "offer.reminder_skipped": "reminder skipped",
+    "payment_method.changed": "payment method changed",
     "plan.cancelled": "plan cancelled",
+    "plan.completed": "plan paid in full",
+    "plan.defaulted": "plan in default",
 }
 EVENT_KIND = {"offer.viewed": "open", "signature.captured": "signature"}
 
@@ -483,6 +488,10 @@ def offer_items(session: Session, account_id: int) -> list[timeline.Item]:
             detail = str(data.get("label", ""))
         elif event.type == "plan.cancelled":
             detail = f"by {data.get('by', '')}"
+        elif event.type == "payment_method.changed":
+            detail = str(data.get("method", ""))
+        elif event.type == "plan.defaulted":
+            detail = str(data.get("reason", "")).replace("_", " ")
         found.append(
             timeline.Item(
                 at=parse_instant(event.at), kind=EVENT_KIND.get(event.type, "offer"),

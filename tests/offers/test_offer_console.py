@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from app.clock import utcnow
 from app.models import AuditEvent, Message
+from offers.console import EVENT_TEXT
 from offers.models import Installment, Offer, OfferReminder, PaymentPlan
 from tests.app.test_console import login
 from tests.app.test_console_account import audit_actions, make_account, token_on
@@ -293,3 +295,15 @@ def test_unknown_offer_and_plan_are_404(client, agent):
     for path in ("/console/offers/77/revoke", "/console/plans/77", "/console/plans/77/cancel",
                  f"/console/plans/{2**70}"):  # fmt: skip
         assert client.get(path).status_code == 404, path
+
+
+def test_every_offer_event_type_has_words_on_the_timeline():
+    """The account page says what happened in words: each event type the code adds to an
+    offer's trail (found in the source) has its text."""
+    root = Path(__file__).resolve().parents[2]
+    appended = re.compile(r'trail\.append\(\s*session,\s*[^,]+,\s*"([a-z_]+\.[a-z_.]+)"')
+    types: set[str] = set()
+    for path in [*root.glob("offers/*.py"), *root.glob("signing/*.py")]:
+        types |= set(appended.findall(path.read_text()))
+    assert {"offer.sent", "plan.completed", "plan.defaulted"} <= types  # the scan works
+    assert sorted(types - set(EVENT_TEXT)) == []

@@ -24,6 +24,7 @@ from links.web import message_env
 from offers import plans as plan_module
 from offers.models import Installment, Offer, PaymentPlan
 from signing.method_views import method_tokens
+from tests.app.test_console import login
 from tests.helpers import drain, index_plans
 from tests.links.test_link_duties import ReturningBank, run_together, sweep
 from tests.signing.plan_factory import make_signed_plan
@@ -230,6 +231,12 @@ def test_the_last_installment_completes_the_plan_and_tells_the_customer_once(
     assert [e["data"].get("n") for e in body["events"][:6]] == [1, 1, 2, 2, 3, 3]
     assert body["events"][-1]["at"] == "2027-02-01T15:00:00Z"
     assert body["events"][-1]["actor"] == {"type": "system", "id": "installments"}
+    # The account page's timeline says so in words.
+    console = app.test_client()
+    assert login(console, agent.email, agent.password).status_code == 302
+    page = console.get(f"/console/accounts/{signed.account_id}").get_data(as_text=True)
+    assert f"Plan offer {signed.offer_id} plan paid in full" in page
+    assert "plan.completed" not in page
 
 
 # --- declines and retries -----------------------------------------------------------------
