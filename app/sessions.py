@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, current_app, g, session
@@ -43,6 +44,17 @@ class CompactSerializer(KeptSignerSerializer):
         return base64_encode(json)
 
 
+def _kept(
+    app: Flask, name: str, keys: Any, make: Callable[[], URLSafeTimedSerializer]
+) -> URLSafeTimedSerializer:
+    """The serializer kept in ``app`` under ``name`` for these ``keys``, made anew (by
+    ``make``) only when the keys change."""
+    kept = app.extensions.get(name)
+    if kept is None or kept[0] != keys:
+        kept = app.extensions[name] = (keys, make())
+    return kept[1]
+
+
 class KeptSessionInterface(SecureCookieSessionInterface):
     """Flask's signed cookie session, with its serializer made once per app and keys."""
 
@@ -50,9 +62,11 @@ class KeptSessionInterface(SecureCookieSessionInterface):
         if not app.secret_key:
             return None
         keys = (*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key)  # newest last
-        kept = app.extensions.get("paylink.session_serializer")
-        if kept is None or kept[0] != keys:
-            serializer = CompactSerializer(
+        return _kept(
+            app,
+            "paylink.session_serializer",
+            keys,
+            lambda: CompactSerializer(
                 list(keys),  # type: ignore[arg-type]
                 salt=self.salt,
                 serializer=self.serializer,
@@ -60,9 +74,8 @@ class KeptSessionInterface(SecureCookieSessionInterface):
                     "key_derivation": self.key_derivation,
                     "digest_method": self.digest_method,
                 },
-            )
-            kept = app.extensions["paylink.session_serializer"] = (keys, serializer)
-        return kept[1]
+            ),
+        )
 
 
 def csrf_token() -> str:
@@ -76,15 +89,11 @@ def csrf_token() -> str:
         raw = session.get(CSRF_FIELD)
         if not isinstance(raw, str):
             raw = session[CSRF_FIELD] = secrets.token_hex(20)  # as long as Flask-WTF's
-        token = _csrf_serializer().dumps(raw)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        key = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
+        serializer = _kept(
+            app, "paylink.csrf_serializer", key, lambda: CompactSerializer(key, CSRF_SALT)
+        )
+        token = serializer.dumps(raw)
         setattr(g, CSRF_FIELD, token)
     return token
-
-
-def _csrf_serializer() -> URLSafeTimedSerializer:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    key = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
-    kept = app.extensions.get("paylink.csrf_serializer")
-    if kept is None or kept[0] != key:
-        kept = app.extensions["paylink.csrf_serializer"] = (key, CompactSerializer(key, CSRF_SALT))
-    return kept[1]
