@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.models import Agent, ApiKey, ConsoleSession, Role
-from app.security import generate_api_key, hash_api_key, hash_password, verify_password
+from app.security import generate_api_key, hash_password, hash_secret, verify_password
 
 # last_used_at is written at most this often per key, so reads stay reads.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -123,7 +123,7 @@ def set_agent_role(
 def authenticate_key(session: Session, key: str, now: datetime) -> ApiKey | None:
     """The live key matching ``key`` (its agent active), touching last_used_at."""
     api_key = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_api_key(key)).join(ApiKey.agent)
+        select(ApiKey).where(ApiKey.key_hash == hash_secret(key)).join(ApiKey.agent)
     )
     if api_key is None or api_key.revoked_at is not None or not api_key.agent.active:
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +18,7 @@ from app.clock import utcnow
 from app.db import db_session
 from app.errors import ApiError
 from app.models import Agent, ConsoleSession, Role
+from app.security import hash_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 SESSION_AGENT = "agent_id"
@@ -74,7 +74,7 @@ def login_agent(agent: Agent) -> None:
     secret = secrets.token_urlsafe(32)
     db_session().add(
         ConsoleSession(
-            agent_id=agent.id, secret_hash=_secret_hash(secret), created_at=now,
+            agent_id=agent.id, secret_hash=hash_secret(secret), created_at=now,
             expires_at=now + CONSOLE_SESSION_LIFETIME,
         )
     )  # fmt: skip
@@ -94,17 +94,12 @@ def logout_agent() -> None:
     session.clear()
 
 
-def _secret_hash(secret: str) -> str:
-    # The secret is 256-bit random: a fast hash is safe, as for API keys.
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def _console_session() -> ConsoleSession | None:
     secret = session.get(SESSION_SECRET)
     if not isinstance(secret, str):
         return None
     found = db_session().scalar(
-        select(ConsoleSession).where(ConsoleSession.secret_hash == _secret_hash(secret))
+        select(ConsoleSession).where(ConsoleSession.secret_hash == hash_secret(secret))
     )
     if found is None or found.ended_at is not None or found.expires_at <= utcnow():
         return None

@@ -30,7 +30,7 @@ from limits import RateLimitItem, parse
 from redis.commands.core import Script
 from werkzeug.exceptions import TooManyRequests
 
-from app.security import hash_api_key
+from app.security import hash_secret
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "paylink"
@@ -94,7 +94,7 @@ def api_caller_key() -> str:
     """Count API calls per key (by its hash: no key is written to Redis), else per address."""
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and key.strip():
-        return "api-key:" + hash_api_key(key.strip())
+        return "api-key:" + hash_secret(key.strip())
     return "api-ip:" + get_remote_address()
 
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, text
 
 from app.models import Agent, ApiKey, AuditEvent
-from app.security import hash_api_key
+from app.security import hash_secret
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -200,7 +200,7 @@ def test_new_key_is_shown_once_and_stored_only_as_a_hash(client, admin, agent, n
     dumped = repr(table) + repr(audit)
     assert key not in dumped
     assert key[10:] not in dumped
-    assert row.key_hash == hash_api_key(key)
+    assert row.key_hash == hash_secret(key)
     assert row.agent_id == agent.id
 
 

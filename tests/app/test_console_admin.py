@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from app import settings as org_settings
 from app.console_admin import SETTING_FIELDS
 from app.models import Agent, ApiKey, AuditEvent, OrgSettings
-from app.security import hash_api_key
+from app.security import hash_secret
 from tests.app.test_console import CSRF, login
 from tests.helpers import drain
 
@@ -418,7 +418,7 @@ def test_a_new_key_is_shown_once_stored_hashed_and_works(app, admin, agent):
     key = re.search(r'id="new-key" readonly value="([^"]+)"', resp.get_data(as_text=True)).group(1)
     with app.extensions["paylink.db"].Session() as s:
         stored = s.scalar(select(ApiKey).where(ApiKey.name == "CRM sync"))
-        assert stored.key_hash == hash_api_key(key)
+        assert stored.key_hash == hash_secret(key)
         assert stored.agent_id == agent.id
         texts = [str(v) for row in s.execute(select(ApiKey.__table__)) for v in row]
     assert key not in texts  # only its hash

@@ -16,8 +16,8 @@ from app.models import Agent, ConsoleSession
 from app.ratelimit import storage_uri
 from app.security import (
     generate_api_key,
-    hash_api_key,
     hash_password,
+    hash_secret,
     hash_ssn,
     signing_keys_oldest_first,
     ssn_digits,
@@ -63,7 +63,7 @@ def test_api_key_has_a_prefix_and_is_stored_as_its_sha256():
     assert len(new.key) >= 40
     assert new.prefix == new.key[:10]
     assert new.key_hash == hashlib.sha256(new.key.encode()).hexdigest()
-    assert new.key_hash == hash_api_key(new.key)
+    assert new.key_hash == hash_secret(new.key)
     assert new.key not in new.key_hash
 
 
@@ -267,7 +267,7 @@ def test_the_limiter_writes_no_api_key_to_redis(limited_app, agent, redis_client
     limited_app.test_client().get("/api/v1/accounts", headers=agent.headers)
 
     keys = [k.decode() for k in redis_client.keys("*")]
-    assert any(hash_api_key(agent.key) in k for k in keys)
+    assert any(hash_secret(agent.key) in k for k in keys)
     assert not any(agent.key in k for k in keys)
 
 
