@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +46,11 @@ def redact(text: str) -> str:
     return _SSN.sub("[redacted]", _CARD.sub(_mask_card, text))
 
 
+def timestamp(seconds: float) -> str:
+    """A line's ``ts``: UTC, ISO 8601, with a Z."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
@@ -55,7 +61,7 @@ class ContextFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "ts": timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": redact(record.getMessage()),
@@ -134,7 +140,7 @@ def access_entry(
     method = environ.get("REQUEST_METHOD", "")
     endpoint = environ.get(ENVIRON_ENDPOINT)
     entry: dict[str, object] = {
-        "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "ts": timestamp(time.time()),
         "level": "INFO",
         "logger": "paylink.access",
         "msg": f"{method} {endpoint or '-'} {status}",
