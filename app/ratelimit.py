@@ -181,6 +181,9 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+Hit = tuple[str, RateLimitItem, float]  # a key, its limit, when it was hit
+
+
 class HitCounter:
     """Counts one process's hits of ``counted_behind`` limits in Redis, off the request path.
 
@@ -221,16 +224,15 @@ class HitCounter:
         self._running()
         if self._queue.qsize() >= self.MAX_QUEUED:
             return
-        with self._progress:
-            self._queued += 1
         self._queue.put((key, item, now))
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every hit queued so far is counted (or dropped); False on timeout."""
+        """Wait until every hit queued so far is counted (or dropped); False on timeout.
+        A marker queued behind them is set once the batch it came in is done."""
         self._running()
-        with self._progress:
-            target = self._queued
-            return self._progress.wait_for(lambda: self._done >= target, timeout)
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
 
     def _running(self) -> None:
         """Start this process's thread: on first use, and again in a forked child (a
@@ -240,10 +242,8 @@ class HitCounter:
         with _start_lock:
             if self._generation == _forks:
                 return
-            self._queue: queue.SimpleQueue[tuple[str, RateLimitItem, float]] = queue.SimpleQueue()
+            self._queue: queue.SimpleQueue[Hit | threading.Event] = queue.SimpleQueue()
             self._refused: dict[str, FullWindow] = {}
-            self._progress = threading.Condition()
-            self._queued = self._done = 0
             self._logged_at = -self.LOG_EVERY
             threading.Thread(target=self._work, name="paylink-hits", daemon=True).start()
             self._generation = _forks
@@ -258,18 +258,19 @@ class HitCounter:
                 except queue.Empty:
                     break
             fresh_from = time.time() - self.STALE_AFTER
+            hits = [h for h in batch if not isinstance(h, threading.Event) and h[2] >= fresh_from]
             try:
-                self._count([hit for hit in batch if hit[2] >= fresh_from])
+                self._count(hits)
             except Exception:  # the thread must outlive any one batch
                 now = time.monotonic()
                 if now - self._logged_at >= self.LOG_EVERY:
                     self._logged_at = now
                     log.exception("rate limit storage unreachable; hits not counted")
-            with self._progress:
-                self._done += len(batch)
-                self._progress.notify_all()
+            for marker in batch:
+                if isinstance(marker, threading.Event):
+                    marker.set()
 
-    def _count(self, batch: list[tuple[str, RateLimitItem, float]]) -> None:
+    def _count(self, batch: list[Hit]) -> None:
         if not batch:
             return
         keys = [key for key, _item, _now in batch]
