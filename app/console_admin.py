@@ -194,6 +194,8 @@ def settings() -> Any:
 # --- agents and API keys (admins) ---------------------------------------------------------
 
 ROLE_CHOICES = tuple((r.value, r.value.title()) for r in Role)
+ROLE_VALUES = frozenset(r.value for r in Role)
+ROLE_PROBLEM = "Choose agent, supervisor or admin."
 
 
 def _agents_page(status: int = 200, **context: Any) -> tuple[str, int]:
@@ -238,8 +240,8 @@ def create_agent() -> Response | tuple[str, int]:
         name = validation.text(typed["name"], max_length=200, min_length=0)
     except FieldError as exc:
         errors.add("name", f"Name {exc}.")
-    if typed["role"] not in {r.value for r in Role}:
-        errors.add("role", "Choose agent, supervisor or admin.")
+    if typed["role"] not in ROLE_VALUES:
+        errors.add("role", ROLE_PROBLEM)
     password = form.get("password", "")
     try:
         agents.check_password_strength(password)
@@ -284,8 +286,8 @@ def change_role(agent_id: int) -> Response | tuple[str, int]:
     if agent.id == g.agent.id:
         return _agents_page(400, page_error="You cannot change your own role: ask another admin.")
     role = request.form.get("role", "")
-    if role not in {r.value for r in Role}:
-        return _agents_page(400, page_error="Choose agent, supervisor or admin.")
+    if role not in ROLE_VALUES:
+        return _agents_page(400, page_error=ROLE_PROBLEM)
     if agents.set_agent_role(session, agent, Role(role), g.actor, utcnow()):
         session.commit()
         flash(f"{agent.email} is now {role}.", "success")
