@@ -149,13 +149,18 @@ class _PreparedRead:
             return values
         return tuple(values[name] for name in self.positions)
 
-    def make_row(self, row: Sequence[Any], description: Sequence[Any]) -> tuple[Any, ...]:
+    def make_row(self, row: Sequence[Any], cursor: Any) -> tuple[Any, ...]:
+        """``row`` as a named tuple, converted; ``cursor`` (which gave it) is asked for its
+        description only the first time: psycopg builds it anew, column by column, on
+        every call."""
         processors = self.processors
         if processors is None:
             dialect = self.dialect
             processors = self.processors = [
                 (i, proc)
-                for i, (column, described) in enumerate(zip(self.columns, description, strict=True))
+                for i, (column, described) in enumerate(
+                    zip(self.columns, cursor.description, strict=True)
+                )
                 if (
                     proc := column.type.dialect_impl(dialect).result_processor(
                         dialect, described[1]
@@ -223,7 +228,8 @@ class Database:
             try:
                 cursor.execute(prepared.sql, prepared.parameters(params))
                 row = cursor.fetchone()
-                description = cursor.description
+                if row is not None:
+                    row = prepared.make_row(row, cursor)
             finally:
                 cursor.close()
         except engine.dialect.loaded_dbapi.Error as exc:
@@ -238,7 +244,7 @@ class Database:
             raise
         finally:
             conn.close()  # back to the pool (an invalidated one is discarded)
-        return None if row is None else prepared.make_row(row, description)
+        return row
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
