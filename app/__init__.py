@@ -100,7 +100,7 @@ def _init_redis_and_queue(app: Flask, cfg: config_module.Config) -> None:
 
 
 def _init_security(app: Flask, cfg: config_module.Config) -> None:
-    from app import embedded_redis, ratelimit
+    from app import embedded_redis, ratelimit, security
 
     csrf.init_app(app)
     # The limiter needs the address now; the embedded server's socket path is fixed.
@@ -116,26 +116,13 @@ def _init_security(app: Flask, cfg: config_module.Config) -> None:
             log.exception("redis is not available")
 
     # Frame denial and the Content-Security-Policy on every page; a page may set its own.
-    security_headers = [
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
-        (
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        ),
-    ]
-    if cfg.is_production:
-        security_headers.append(("Strict-Transport-Security", "max-age=31536000"))
+    headers = app.extensions["paylink.security_headers"] = security.page_headers(
+        production=cfg.is_production
+    )
 
     @app.after_request
     def _headers(response: Response) -> Response:
-        headers = response.headers
-        present = {name.lower() for name in headers.keys()}  # noqa: SIM118 - Headers
-        for name, value in security_headers:
-            if name.lower() not in present:
-                headers.add(name, value)
+        security.add_missing(response.headers, headers)
         return response
 
 
@@ -170,7 +157,7 @@ def _register_features(app: Flask) -> None:
     """The feature packages' blueprints (imported here so app/ never imports a feature)."""
     from app import console_admin
     from links import api as links_api
-    from links import campaigns, lookup_views
+    from links import campaigns, lookup_views, open_lane
     from links import console as link_console
     from links import views as link_views
     from offers import api as offers_api
@@ -187,6 +174,7 @@ def _register_features(app: Flask) -> None:
     app.register_blueprint(offers_api.bp)
     csrf.exempt(offers_api.bp)
     app.register_blueprint(link_views.bp)
+    open_lane.install(app)  # the commonest link opens, answered ahead of Flask
     app.register_blueprint(lookup_views.bp)
     app.register_blueprint(offer_views.bp)
     app.register_blueprint(plan_method_views.bp)

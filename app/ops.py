@@ -130,11 +130,36 @@ def instruments(method: str, endpoint: str, status: int) -> tuple[Any, Any]:
     return pair
 
 
+def request_id_of(environ: dict[str, Any]) -> str:
+    """The request's id: the caller's ``X-Request-ID`` when it is a sane one, else a new one."""
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    return incoming if _REQUEST_ID.fullmatch(incoming) else request_ids.next()
+
+
+def finish(
+    response: Response,
+    environ: dict[str, Any],
+    method: str,
+    endpoint: str,
+    request_id: str | None,
+    started: float | None,
+) -> None:
+    """What every answer gets on its way out: its ``X-Request-ID``, its count and latency
+    in the metrics (``started`` is its ``perf_counter`` at the start), and the request id
+    and endpoint for the access line gunicorn writes once it is sent (app/logs.py)."""
+    response.headers["X-Request-ID"] = request_id or ""
+    elapsed = time.perf_counter() - started if started is not None else 0.0
+    count, latency = instruments(method, endpoint, response.status_code)
+    count.inc()
+    latency.observe(elapsed)
+    environ[ENVIRON_REQUEST_ID] = request_id
+    environ[ENVIRON_ENDPOINT] = endpoint
+
+
 def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
-        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else request_ids.next()
+        request_id = request_id_of(request.environ)
         state = g._get_current_object()
         state.request_id = request_id
         state.request_token = request_id_var.set(request_id)
@@ -143,19 +168,15 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         state = g._get_current_object()
-        response.headers["X-Request-ID"] = getattr(state, "request_id", "")
         rule = request.url_rule
-        endpoint = rule.endpoint if rule is not None else "unmatched"
-        status = response.status_code
-        started = getattr(state, "request_started", None)
-        elapsed = time.perf_counter() - started if started is not None else 0.0
-        count, latency = instruments(request.method, endpoint, status)
-        count.inc()
-        latency.observe(elapsed)
-        # For the access line gunicorn writes once the response is sent (app/logs.py).
-        environ = request.environ
-        environ[ENVIRON_REQUEST_ID] = getattr(state, "request_id", None)
-        environ[ENVIRON_ENDPOINT] = endpoint
+        finish(
+            response,
+            request.environ,
+            request.method,
+            rule.endpoint if rule is not None else "unmatched",
+            getattr(state, "request_id", None),
+            getattr(state, "request_started", None),
+        )
         return response
 
     @app.teardown_request

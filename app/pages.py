@@ -18,13 +18,22 @@ from app.sessions import csrf_token
 CSRF_SLOT = f"csrf-slot-{secrets.token_hex(16)}"
 
 
+PRIVATE_HEADERS = (("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"))
+
+
 def private_page(response: Response) -> Response:
     """``after_request`` for pages reached by a token in the URL, or showing what a customer
     typed about themselves: nothing may be cached, nor leak the URL in a Referer. (Frame
     denial and the Content-Security-Policy are set for every page by the app.)"""
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    headers = response.headers
+    for name, value in PRIVATE_HEADERS:
+        headers[name] = value
     return response
+
+
+def fill_csrf(html: str, token: str) -> str:
+    """A kept page with its CSRF token in place."""
+    return html.replace(CSRF_SLOT, token)
 
 
 class RenderedPages:
@@ -45,18 +54,30 @@ class RenderedPages:
         app in debug mode (its templates reload), is rendered afresh."""
         if current_app.debug or "_flashes" in session:
             return render_template(template, **context())
-        key = (template, request.script_root, key)
-        with self._lock:
-            html = self._pages.get(key)
-            if html is not None:
-                self._pages.move_to_end(key)
+        html = self.kept(template, request.script_root, key)
         if html is None:
             html = render_template(template, **context(), csrf_token=lambda: CSRF_SLOT)
             with self._lock:
-                self._pages[key] = html
+                self._pages[(template, request.script_root, key)] = html
                 while len(self._pages) > self.size:
                     self._pages.popitem(last=False)
-        return html.replace(CSRF_SLOT, csrf_token())
+        return fill_csrf(html, csrf_token())
+
+    def kept(self, template: str, script_root: str, key: Hashable) -> str | None:
+        """The page of ``template`` kept for ``key`` (see ``render``) under the app's
+        ``script_root``, with its CSRF token still to fill in (``fill_csrf``); None when
+        none is kept."""
+        full_key = (template, script_root, key)
+        with self._lock:
+            html = self._pages.get(full_key)
+            if html is not None:
+                self._pages.move_to_end(full_key)
+        return html
+
+    def clear(self) -> None:
+        """Forget every kept page."""
+        with self._lock:
+            self._pages.clear()
 
     def __len__(self) -> int:
         return len(self._pages)

@@ -65,7 +65,7 @@ def storage_uri(redis_url: str) -> str:
 def _counted_behind() -> bool:
     """Whether this request's view is a ``counted_behind`` one."""
     view = current_app.view_functions.get(request.endpoint or "")
-    return getattr(view, "paylink_counted_behind", False)
+    return getattr(view, "paylink_counted_behind", None) is not None
 
 
 def init_app(app: Flask, redis_url: str, enabled: bool) -> None:
@@ -292,6 +292,18 @@ class HitCounter:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True)
+class CountedLimit:
+    """The limit of a ``counted_behind`` view (kept on it as ``paylink_counted_behind``)."""
+
+    item: RateLimitItem
+    key_func: Callable[[], str]
+
+    def key(self, identifier: str, endpoint: str) -> str:
+        """The Redis key of ``identifier``'s hits of ``endpoint``."""
+        return storage_key(self.item, identifier, endpoint)
+
+
 def counted_behind(
     limit: str, key_func: Callable[[], str] = get_remote_address
 ) -> Callable[[F], F]:
@@ -299,22 +311,22 @@ def counted_behind(
     moving window and Redis key), with no Redis round trip on the request: see
     ``HitCounter``. Answers 429 (``RateLimited``, with Flask-Limiter's headers) once the
     window is full."""
-    item = parse(limit)
+    counted = CountedLimit(parse(limit), key_func)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def limited(*args: Any, **kwargs: Any) -> Any:
             if current_app.config.get("RATELIMIT_ENABLED", True):
                 counter: HitCounter = current_app.extensions["paylink.hit_counter"]
-                key = storage_key(item, key_func(), request.endpoint or "")
+                key = counted.key(key_func(), request.endpoint or "")
                 now = time.time()
                 full = counter.refused(key, now)
                 if full is not None:
                     _refuse(full)
-                counter.count(key, item, now)
+                counter.count(key, counted.item, now)
             return view(*args, **kwargs)
 
-        limited.paylink_counted_behind = True  # type: ignore[attr-defined]
+        limited.paylink_counted_behind = counted  # type: ignore[attr-defined]
         # Flask-Limiter leaves it alone: the counter counts it.
         return limiter.exempt(limited)  # type: ignore[return-value]
 

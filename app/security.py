@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from werkzeug.datastructures import Headers
 from werkzeug.security import check_password_hash, generate_password_hash
 
 API_KEY_PREFIX = "pl_"
@@ -64,3 +66,31 @@ def hash_ssn(key: str, digits: str) -> str:
 def signing_keys_oldest_first(secret_keys: tuple[str, ...]) -> list[str]:
     """PAYLINK_SECRET_KEYS is newest first; itsdangerous wants oldest first."""
     return list(reversed(secret_keys))
+
+
+# Every page's: no sniffing, no framing, no Referer, and a Content-Security-Policy.
+_PAGE_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    ),
+)
+
+
+def page_headers(*, production: bool) -> tuple[tuple[str, str], ...]:
+    """The security headers every answer gets (HSTS only in production, behind TLS)."""
+    if production:
+        return (*_PAGE_HEADERS, ("Strict-Transport-Security", "max-age=31536000"))
+    return _PAGE_HEADERS
+
+
+def add_missing(headers: Headers, wanted: Sequence[tuple[str, str]]) -> None:
+    """Add each of ``wanted`` that ``headers`` lacks: a page may set its own."""
+    present = {name.lower() for name in headers.keys()}  # noqa: SIM118 - Headers
+    for name, value in wanted:
+        if name.lower() not in present:
+            headers.add(name, value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from flask import Flask, current_app, g, session
@@ -86,14 +86,20 @@ def csrf_token() -> str:
     is stored on ``g`` where ``generate_csrf`` looks first, so both give the same token."""
     token = g.get(CSRF_FIELD)
     if token is None:
-        raw = session.get(CSRF_FIELD)
-        if not isinstance(raw, str):
-            raw = session[CSRF_FIELD] = secrets.token_hex(20)  # as long as Flask-WTF's
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        key = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
-        serializer = _kept(
-            app, "paylink.csrf_serializer", key, lambda: CompactSerializer(key, CSRF_SALT)
-        )
-        token = serializer.dumps(raw)
+        token = sign_csrf(app, session)
         setattr(g, CSRF_FIELD, token)
     return token
+
+
+def sign_csrf(app: Flask, session: MutableMapping[str, Any]) -> str:
+    """A new CSRF token for ``session``, whose random value it keeps (made and stored in
+    it when it has none yet)."""
+    raw = session.get(CSRF_FIELD)
+    if not isinstance(raw, str):
+        raw = session[CSRF_FIELD] = secrets.token_hex(20)  # as long as Flask-WTF's
+    key = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
+    serializer = _kept(
+        app, "paylink.csrf_serializer", key, lambda: CompactSerializer(key, CSRF_SALT)
+    )
+    return serializer.dumps(raw)

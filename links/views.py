@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -22,8 +22,10 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from flask import (
     Blueprint,
+    Flask,
     Response,
     abort,
+    current_app,
     flash,
     redirect,
     render_template,
@@ -38,7 +40,7 @@ from wtforms.fields.choices import SelectChoice
 
 from app import ratelimit
 from app.clock import utcnow
-from app.db import db_session, get_db
+from app.db import Database, db_session, get_db
 from app.messaging.render import money
 from app.models import Account, OrgSettings
 from app.pages import RenderedPages, private_page
@@ -59,6 +61,7 @@ bp = Blueprint("pay", __name__)
 OPEN_LIMIT = "120 per minute"
 # The start pages of recent opens, kept per process: the busiest page renders once a link.
 START_PAGES = RenderedPages()
+START_TEMPLATE = "pay/start.html"
 VERIFY_LIMIT = "20 per 15 minutes"
 # Per link: Email receipt sends a real email each time.
 RECEIPT_LIMIT = "5 per 10 minutes"
@@ -321,6 +324,7 @@ _OPEN_SLICES = (
     (_OPEN_ACCOUNT, len(_OPEN_LINK)),
     (_OPEN_SETTINGS, len(_OPEN_LINK) + len(_OPEN_ACCOUNT)),
 )
+_OPENED_AT = _OPEN_LINK.index("opened_at")
 # The JSON columns (read as lists) among the open query's, by position.
 _OPEN_JSON = tuple(
     i for i, column in enumerate(_OPEN_QUERY.selected_columns) if isinstance(column.type, JSON)
@@ -335,15 +339,18 @@ class Columns:
         self.__dict__.update(zip(names, values, strict=True))
 
 
-def _read_open(token: str) -> tuple[Columns, Columns, Columns, tuple[object, ...]] | None:
-    """The link of ``token`` with its account and the settings, and the row they came
-    from as one hashable value; None when the token does not verify or the row is missing
-    (the general path answers those)."""
+def _read_open(
+    token: str, app: Flask
+) -> tuple[Columns, Columns, Columns, tuple[object, ...]] | None:
+    """The link of ``token`` with its account and the settings, and what the row they
+    came from shows, as one hashable value; None when the token does not verify or the row
+    is missing (the general path answers those)."""
     try:
-        token_id = link_tokens().verify(token)
+        token_id = link_tokens(app).verify(token)
     except TokenInvalid:
         return None
-    row = get_db().read_one(_OPEN_QUERY, {"token_id": token_id})
+    db: Database = app.extensions["paylink.db"]
+    row = db.read_one(_OPEN_QUERY, {"token_id": token_id})
     if row is None or row.settings_id is None:  # no link, or no settings row yet
         return None
     link, account, settings = (
@@ -352,6 +359,9 @@ def _read_open(token: str) -> tuple[Columns, Columns, Columns, tuple[object, ...
     values = list(row)
     for i in _OPEN_JSON:  # lists or dicts: their repr is hashable and says all they hold
         values[i] = repr(values[i])
+    # No page shows when the link was first opened: the page kept at the first open (which
+    # writes it) serves the later ones.
+    del values[_OPENED_AT]
     return link, account, settings, tuple(values)
 
 
@@ -363,12 +373,31 @@ def _record_open(token: str, now: datetime) -> None:
         service.open_link(session, link, now)
 
 
+def read_showable(
+    token: str, now: datetime, app: Flask
+) -> tuple[Columns, Columns, Columns, tuple[object, ...]] | None:
+    """``_read_open``'s link, account, settings and row when the start page can be made
+    from them: the link is active and not past its expiry. None: the general path
+    answers. (``app`` is given: the open lane calls this outside any Flask context.)"""
+    read = _read_open(token, app)
+    if read is None or read[0].status != LinkStatus.active or read[0].expires_at <= now:
+        return None
+    return read
+
+
+def start_key(token: str, values: tuple[object, ...], state: checkout.FlowState) -> Hashable:
+    """What the start page of ``token`` is kept under: everything it shows comes from the
+    open query's row and the flow state (a dataclass, whose repr names every field)."""
+    return (token, values, repr(state))
+
+
 @bp.get("/p/<token>")
 @ratelimit.counted_behind(OPEN_LIMIT)
 def start(token: str) -> str | Response:
-    read = _read_open(token)
+    # links.open_lane serves the commonest opens without Flask; it must send what this does.
     now = utcnow()
-    if read is None or read[0].status != LinkStatus.active or read[0].expires_at <= now:
+    read = read_showable(token, now, current_app._get_current_object())  # type: ignore[attr-defined]
+    if read is None:
         return _start_in_full(token)
     link, account, settings, values = read
     if link.opened_at is None:
@@ -381,10 +410,9 @@ def start(token: str) -> str | Response:
     page = Page(token, link, account, settings, flow, state, now)  # type: ignore[arg-type]
     if flow.due_cents <= 0:
         return _start_page(page)
-    # Everything the start page shows comes from this row and this state (a dataclass,
-    # whose repr names every field).
-    shown = (token, values, repr(state))
-    return START_PAGES.render(shown, "pay/start.html", lambda: _start_context(page))
+    return START_PAGES.render(
+        start_key(token, values, state), START_TEMPLATE, lambda: _start_context(page)
+    )
 
 
 def _start_in_full(token: str) -> str | Response:
@@ -401,7 +429,7 @@ def _start_in_full(token: str) -> str | Response:
 def _start_page(page: Page) -> str:
     if page.flow.due_cents <= 0:
         return render_template("pay/nothing_due.html", **page.context())
-    return render_template("pay/start.html", **_start_context(page))
+    return render_template(START_TEMPLATE, **_start_context(page))
 
 
 def _start_context(page: Page) -> dict[str, object]:

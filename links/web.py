@@ -14,8 +14,9 @@ def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined]
 
 
-def link_tokens() -> UrlTokens:
-    app = _app()
+def link_tokens(app: Flask | None = None) -> UrlTokens:
+    """The payment links' token service of ``app`` (the current app by default)."""
+    app = app or _app()
     if "paylink.link_tokens" not in app.extensions:
         app.extensions["paylink.link_tokens"] = UrlTokens(
             app.extensions["paylink.config"].secret_keys, PAYMENT_LINK
