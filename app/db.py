@@ -149,24 +149,19 @@ class _PreparedRead:
             return values
         return tuple(values[name] for name in self.positions)
 
-    def make_row(self, row: Sequence[Any], cursor: Any) -> tuple[Any, ...]:
-        """``row`` as a named tuple, converted; ``cursor`` (which gave it) is asked for its
-        description only the first time: psycopg builds it anew, column by column, on
-        every call."""
+    def describe(self, description: Sequence[Any]) -> None:
+        """Make the columns' result conversions from the first result's description (some
+        depend on the type the driver reports); psycopg builds a description anew, column
+        by column, each time it is asked, so it is asked once."""
+        dialect = self.dialect
+        self.processors = [
+            (i, proc)
+            for i, (column, described) in enumerate(zip(self.columns, description, strict=True))
+            if (proc := column.type.dialect_impl(dialect).result_processor(dialect, described[1]))
+        ]
+
+    def make_row(self, row: Sequence[Any]) -> tuple[Any, ...]:
         processors = self.processors
-        if processors is None:
-            dialect = self.dialect
-            processors = self.processors = [
-                (i, proc)
-                for i, (column, described) in enumerate(
-                    zip(self.columns, cursor.description, strict=True)
-                )
-                if (
-                    proc := column.type.dialect_impl(dialect).result_processor(
-                        dialect, described[1]
-                    )
-                )
-            ]
         if processors:
             row = list(row)
             for i, proc in processors:
@@ -228,8 +223,8 @@ class Database:
             try:
                 cursor.execute(prepared.sql, prepared.parameters(params))
                 row = cursor.fetchone()
-                if row is not None:
-                    row = prepared.make_row(row, cursor)
+                if row is not None and prepared.processors is None:
+                    prepared.describe(cursor.description)
             finally:
                 cursor.close()
         except engine.dialect.loaded_dbapi.Error as exc:
@@ -244,7 +239,7 @@ class Database:
             raise
         finally:
             conn.close()  # back to the pool (an invalidated one is discarded)
-        return row
+        return None if row is None else prepared.make_row(row)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

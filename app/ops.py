@@ -26,6 +26,7 @@ from app.logs import ENVIRON_ENDPOINT, ENVIRON_REQUEST_ID, request_id_var
 
 bp = Blueprint("ops", __name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ENVIRON_BEGUN = "paylink.begun"  # (request id, perf_counter at the start), see begin()
 
 
 class RequestIds:
@@ -130,10 +131,16 @@ def instruments(method: str, endpoint: str, status: int) -> tuple[Any, Any]:
     return pair
 
 
-def request_id_of(environ: dict[str, Any]) -> str:
-    """The request's id: the caller's ``X-Request-ID`` when it is a sane one, else a new one."""
-    incoming = environ.get("HTTP_X_REQUEST_ID", "")
-    return incoming if _REQUEST_ID.fullmatch(incoming) else request_ids.next()
+def begin(environ: dict[str, Any]) -> tuple[str, float]:
+    """The request's id and start (``perf_counter``), made once per request and kept in its
+    environ (whoever looks first, the open lane or the app, makes them). The id is the
+    caller's ``X-Request-ID`` when it is a sane one, else a new one."""
+    begun = environ.get(ENVIRON_BEGUN)
+    if begun is None:
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else request_ids.next()
+        begun = environ[ENVIRON_BEGUN] = (request_id, time.perf_counter())
+    return begun
 
 
 def finish(
@@ -159,11 +166,11 @@ def finish(
 def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
-        request_id = request_id_of(request.environ)
+        request_id, started = begin(request.environ)
         state = g._get_current_object()
         state.request_id = request_id
         state.request_token = request_id_var.set(request_id)
-        state.request_started = time.perf_counter()
+        state.request_started = started
 
     @app.after_request
     def _finish(response: Response) -> Response:

@@ -13,12 +13,14 @@ security headers, the metrics and request id of ``app.ops``, the CSRF token of
 answer is the one the view gives, and ``tests/links/test_open_lane.py`` checks that
 header by header.
 
-Every other request goes to Flask untouched: another path or method, a session cookie
-(the flow state in it must be read), a token that does not verify, a link that is not
-active, has expired or was never opened (the first open is written), nothing due, a page
-not kept yet, an address over the open limit (the view answers 429), or any error (the
-view meets it again and answers as usual). The lane counts a hit of the open limit only
-once it answers, so no request is counted twice.
+Every other request goes on to Flask: another path or method, a session cookie (the flow
+state in it must be read), debug mode, an app that checks the Host, a token that does
+not verify, a link that is not active, has expired or was never opened (the first open
+is written), nothing due, a page not kept yet, an address over the open limit (the view
+answers 429), or any error (the view meets it again and answers as usual). What the lane
+read, it leaves in the environ for the view (``views.LANE_READ``), so a link is read once
+either way; the request id and start time it made are the app's too (``ops.begin``). It
+counts the open against the limit last, once it answers, so no request is counted twice.
 """
 
 from __future__ import annotations
@@ -57,31 +59,40 @@ class OpenLane:
         if limit.key_func is not get_remote_address:
             raise TypeError("the open lane counts opens per address, as the view must")
         self.limit = limit
-        self.served = 0  # answers the lane gave (for tests and a curious operator)
+        # Answers the lane gave (for the tests; a thread may miss another's count).
+        self.served = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("REQUEST_METHOD") == "GET" and not self.app.debug:
+        if environ.get("REQUEST_METHOD") == "GET" and not self._steps_aside(environ):
             match = START_PATH.fullmatch(environ.get("PATH_INFO", ""))
-            if match is not None and not self._has_session(environ):
+            if match is not None:
                 response = self._answer(match[1], environ)
                 if response is not None:
                     self.served += 1
                     return response(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
-    def _has_session(self, environ: dict[str, Any]) -> bool:
-        """Whether the request may carry a session cookie (any cookie whose name ends in
-        the session's, to be safe: such a request goes to Flask)."""
-        return self.app.config["SESSION_COOKIE_NAME"] + "=" in environ.get("HTTP_COOKIE", "")
+    def _steps_aside(self, environ: dict[str, Any]) -> bool:
+        """Whether Flask must see this request whatever it asks for: in debug mode (pages
+        are rendered afresh), when the app checks the Host (which only Flask does), and
+        when the request may carry a session (any cookie header naming it: the flow state
+        in it must be read)."""
+        config = self.app.config
+        return (
+            self.app.debug
+            or bool(config.get("SERVER_NAME") or config.get("TRUSTED_HOSTS"))
+            or config["SESSION_COOKIE_NAME"] in environ.get("HTTP_COOKIE", "")
+        )
 
     def _answer(self, token: str, environ: dict[str, Any]) -> Response | None:
-        started = time.perf_counter()
-        request_id = ops.request_id_of(environ)
+        request_id, started = ops.begin(environ)  # the app's, should the view answer
         reset = request_id_var.set(request_id)
         try:
             return self._start_page(token, environ, request_id, started)
-        except Exception:  # the view meets it again and answers as usual
-            log.debug("the open lane left a request to the view", exc_info=True)
+        except Exception as exc:  # the view meets it again and answers as usual
+            dbapi = self.app.extensions["paylink.db"].engine.dialect.loaded_dbapi
+            if not isinstance(exc, dbapi.Error):  # the view logs a database failure itself
+                log.warning("the open lane failed; the view answers instead", exc_info=True)
             return None
         finally:
             request_id_var.reset(reset)
@@ -95,9 +106,10 @@ class OpenLane:
             counter = app.extensions["paylink.hit_counter"]
             key = self.limit.key(environ.get("REMOTE_ADDR") or "127.0.0.1", ENDPOINT)
             if counter.refused(key, time.time()) is not None:
-                return None
+                return None  # the view answers 429
         now = utcnow()
         read = views.read_showable(token, now, app)
+        environ[views.LANE_READ] = (token, now, read)  # should the view answer, it needs no other
         if read is None:
             return None
         link, account, settings, values = read
@@ -113,17 +125,18 @@ class OpenLane:
         )
         if html is None:
             return None
-        if counter is not None:
-            counter.count(key, self.limit.item, time.time())
-        # What the view's answer gets on its way out, in the order Flask gives it.
+        # What the view's answer gets on its way out. The open is counted last, once
+        # nothing can fail any more: a request the view answers is counted by the view.
         session = app.session_interface.session_class()  # type: ignore[attr-defined]
         response = app.response_class(fill_csrf(html, sessions.sign_csrf(app, session)))
         headers = response.headers
         for name, value in PRIVATE_HEADERS:  # the blueprint's private_page
             headers[name] = value
-        ops.finish(response, environ, "GET", ENDPOINT, request_id, started)
         security.add_missing(headers, app.extensions["paylink.security_headers"])
         app.session_interface.save_session(app, session, response)
+        ops.finish(response, environ, "GET", ENDPOINT, request_id, started)
+        if counter is not None:
+            counter.count(key, self.limit.item, time.time())
         return response
 
 

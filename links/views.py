@@ -62,6 +62,9 @@ OPEN_LIMIT = "120 per minute"
 # The start pages of recent opens, kept per process: the busiest page renders once a link.
 START_PAGES = RenderedPages()
 START_TEMPLATE = "pay/start.html"
+# Where links.open_lane leaves (token, now, read_showable's answer) for the view when it
+# does not answer an open itself, so the link is read once.
+LANE_READ = "paylink.open_lane.read"
 VERIFY_LIMIT = "20 per 15 minutes"
 # Per link: Email receipt sends a real email each time.
 RECEIPT_LIMIT = "5 per 10 minutes"
@@ -395,8 +398,12 @@ def start_key(token: str, values: tuple[object, ...], state: checkout.FlowState)
 @ratelimit.counted_behind(OPEN_LIMIT)
 def start(token: str) -> str | Response:
     # links.open_lane serves the commonest opens without Flask; it must send what this does.
-    now = utcnow()
-    read = read_showable(token, now, current_app._get_current_object())  # type: ignore[attr-defined]
+    handed = request.environ.get(LANE_READ)
+    if handed is not None and handed[0] == token:  # the lane read the link and left it here
+        _token, now, read = handed
+    else:
+        now = utcnow()
+        read = read_showable(token, now, current_app._get_current_object())  # type: ignore[attr-defined]
     if read is None:
         return _start_in_full(token)
     link, account, settings, values = read
