@@ -169,6 +169,19 @@ class _PreparedRead:
         return self.row_type._make(row)
 
 
+_READ_CURSOR = "paylink.read_cursor"
+
+
+def _read_cursor(conn: Any) -> Any:
+    """The cursor ``read_one`` keeps with a pooled DBAPI connection (making a psycopg cursor
+    is some work), made anew for a new connection or after an error."""
+    dbapi_connection = conn.dbapi_connection
+    kept = conn.info.get(_READ_CURSOR)
+    if kept is None or kept[0] is not dbapi_connection:
+        kept = conn.info[_READ_CURSOR] = (dbapi_connection, dbapi_connection.cursor())
+    return kept[1]
+
+
 class Database:
     """The engine and session factory of one app, kept in ``app.extensions``."""
 
@@ -219,15 +232,13 @@ class Database:
     def _read(engine: Engine, prepared: _PreparedRead, params: dict[str, Any]) -> Any:
         conn = engine.raw_connection()
         try:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(prepared.sql, prepared.parameters(params))
-                row = cursor.fetchone()
-                if row is not None and prepared.processors is None:
-                    prepared.describe(cursor.description)
-            finally:
-                cursor.close()
+            cursor = _read_cursor(conn)
+            cursor.execute(prepared.sql, prepared.parameters(params))
+            row = cursor.fetchone()
+            if row is not None and prepared.processors is None:
+                prepared.describe(cursor.description)
         except engine.dialect.loaded_dbapi.Error as exc:
+            conn.info.pop(_READ_CURSOR, None)
             if engine.dialect.is_disconnect(exc, conn.dbapi_connection, None):
                 conn.invalidate(exc)
                 engine.dispose()  # the pool's other connections went with the server
@@ -235,6 +246,7 @@ class Database:
             raise
         except BaseException:
             # Interrupted mid-statement: the connection may still be busy with it.
+            conn.info.pop(_READ_CURSOR, None)
             conn.invalidate()
             raise
         finally:

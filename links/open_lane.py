@@ -69,7 +69,10 @@ class OpenLane:
                 response = self._answer(match[1], environ)
                 if response is not None:
                     self.served += 1
-                    return response(environ, start_response)
+                    # What ``response(environ, start_response)`` sends for a GET's 200 with
+                    # its length set, without copying the headers to look them over.
+                    start_response(response.status, response.headers.to_wsgi_list())
+                    return [response.get_data()]
         return self.wsgi_app(environ, start_response)
 
     def _steps_aside(self, environ: dict[str, Any]) -> bool:
