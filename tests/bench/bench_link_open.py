@@ -76,16 +76,22 @@ PER_CONNECTION = 100  # under the link page's 120 a minute per address
 SECRET = "bench-secret-0123456789abcdef0123456789"
 SSN_KEY = "bench-ssn-hash-key-0123456789abcdef"
 
-BARE_APP = '''
+
+def page_html(name: str) -> str:
+    """The small constant page of the bare app and the floor."""
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Pay</title></head>\n'
+        f"<body><main><h1>Hi {name},</h1><p>Amount due: $150.00</p>\n"
+        '<form method="post"><button type="submit">Next</button></form></main></body></html>\n'
+    )
+
+
+BARE_APP = f'''
 """A bare Flask page: the baseline of bench_link_open.py."""
 from flask import Flask
 
 app = Flask(__name__)
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Pay</title></head>
-<body><main><h1>Hi Maria,</h1><p>Amount due: $150.00</p>
-<form method="post"><button type="submit">Next</button></form></main></body></html>
-"""
+PAGE = {page_html("Maria")!r}
 
 
 @app.get("/p/<token>")
@@ -93,7 +99,7 @@ def page(token):
     return PAGE
 '''
 
-FLOOR_APP = '''
+FLOOR_APP = f'''
 """The floor of bench_link_open.py: the bare page plus the token's check and the open's one
 query, as Paylink makes them."""
 import os
@@ -107,16 +113,12 @@ from links.views import OPEN_QUERY
 app = Flask(__name__)
 db = Database(os.environ["PAYLINK_DATABASE_URL"])
 tokens = UrlTokens((os.environ["PAYLINK_SECRET_KEYS"],), PAYMENT_LINK)
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Pay</title></head>
-<body><main><h1>Hi Customer,</h1><p>Amount due: $150.00</p>
-<form method="post"><button type="submit">Next</button></form></main></body></html>
-"""
+PAGE = {page_html("Customer")!r}
 
 
 @app.get("/p/<token>")
 def page(token):
-    row = db.read_one(OPEN_QUERY, {"token_id": tokens.verify(token)})
+    row = db.read_one(OPEN_QUERY, {{"token_id": tokens.verify(token)}})
     return PAGE if row is not None else ("", 404)
 '''
 

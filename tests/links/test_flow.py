@@ -194,11 +194,6 @@ class Customer:
 
 
 @pytest.fixture
-def account(db) -> Account:
-    return make_account(db)
-
-
-@pytest.fixture
 def link(app, db, account) -> tuple[str, PaymentLink]:
     return make_link(app, db, account)
 

@@ -25,26 +25,13 @@ from app.db import READ_POOL_NAME
 from app.models import AuditEvent, OrgSettings
 from app.pages import RenderedPages
 from app.ratelimit import counted_behind, limiter, storage_key
-from app.settings import get_settings
 from links import forms
 from links.models import PaymentLink
 from links.views import OPEN_LIMIT
-from tests.links.test_flow import configure, make_account, make_link, read, reload, text
+from tests.links.test_flow import configure, make_link, read, reload, text
 
 CSRF_FIELD = re.compile(r'<input id="csrf_token" name="csrf_token" type="hidden" value="[^"]+">')
 STEP = re.compile(r"Step 1 of (\d+)")
-
-
-@pytest.fixture
-def account(db):
-    return make_account(db)
-
-
-@pytest.fixture
-def settings_row(db) -> None:
-    """The settings row exists, as it does after a deployment's first request."""
-    get_settings(db)
-    db.commit()
 
 
 def without_csrf_value(html: str) -> str:

@@ -40,11 +40,6 @@ OLD_KEY = "rotation-old-key-0123456789abcdef0123"
 RETIRED_KEY = "rotation-retired-key-0123456789abcdef"
 
 
-@pytest.fixture
-def account(db) -> Account:
-    return make_account(db)
-
-
 def revoke(db, link: PaymentLink) -> None:
     row = db.get(PaymentLink, link.id)
     service.revoke_link(db, row, audit.Actor.system("test"), datetime.now(UTC))

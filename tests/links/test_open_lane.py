@@ -13,26 +13,14 @@ from prometheus_client import REGISTRY
 from werkzeug.test import Client
 
 from app.logs import ENVIRON_ENDPOINT, ENVIRON_REQUEST_ID
-from app.settings import get_settings
 from links.models import LinkStatus
 from links.open_lane import OpenLane
 from links.views import OPEN_LIMIT, START_PAGES
-from tests.links.test_flow import make_account, make_link, reload, text
+from tests.links.test_flow import make_link, reload, text
 
 CSRF_VALUE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 # Differ between any two answers: a new session, a new request id.
 OWN_VALUES = {"set-cookie", "x-request-id"}
-
-
-@pytest.fixture
-def account(db):
-    return make_account(db)
-
-
-@pytest.fixture
-def settings_row(db) -> None:
-    get_settings(db)
-    db.commit()
 
 
 @pytest.fixture
