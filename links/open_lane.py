@@ -17,10 +17,11 @@ Every other request goes on to Flask: another path or method, a session cookie (
 state in it must be read), debug mode, an app that checks the Host, a token that does
 not verify, a link that is not active, has expired or was never opened (the first open
 is written), nothing due, a page not kept yet, an address over the open limit (the view
-answers 429), or any error (the view meets it again and answers as usual). What the lane
-read, it leaves in the environ for the view (``views.LANE_READ``), so a link is read once
-either way; the request id and start time it made are the app's too (``ops.begin``). It
-counts the open against the limit last, once it answers, so no request is counted twice.
+answers 429), or any error (the view answers it as usual). What the lane read, or the
+database's failure to, it leaves in the environ for the view (``views.LANE_READ``), so a
+link is read once either way; the request id and start time it made are the app's too
+(``ops.begin``). It counts the open against the limit last, once it answers, so no
+request is counted twice.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 from flask import Flask, Response
 from flask_limiter.util import get_remote_address
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import ops, security, sessions
 from app.clock import utcnow
@@ -92,9 +94,13 @@ class OpenLane:
         reset = request_id_var.set(request_id)
         try:
             return self._start_page(token, environ, request_id, started)
-        except Exception as exc:  # the view meets it again and answers as usual
+        except Exception as exc:
             dbapi = self.app.extensions["paylink.db"].engine.dialect.loaded_dbapi
-            if not isinstance(exc, dbapi.Error):  # the view logs a database failure itself
+            if isinstance(exc, (dbapi.Error, SQLAlchemyError)):
+                # The database failed the read: the view answers (and logs) that failure as
+                # its own rather than wait on the database a second time.
+                environ[views.LANE_READ] = (token, None, exc)
+            else:  # the view meets it again, or not, and answers as usual
                 log.warning("the open lane failed; the view answers instead", exc_info=True)
             return None
         finally:

@@ -62,8 +62,9 @@ OPEN_LIMIT = "120 per minute"
 # The start pages of recent opens, kept per process: the busiest page renders once a link.
 START_PAGES = RenderedPages()
 START_TEMPLATE = "pay/start.html"
-# Where links.open_lane leaves (token, now, read_showable's answer) for the view when it
-# does not answer an open itself, so the link is read once.
+# Where links.open_lane leaves (token, now, read_showable's answer), or (token, None, the
+# database's error), for the view when it does not answer an open itself: the link is read
+# once.
 LANE_READ = "paylink.open_lane.read"
 VERIFY_LIMIT = "20 per 15 minutes"
 # Per link: Email receipt sends a real email each time.
@@ -402,6 +403,8 @@ def start(token: str) -> str | Response:
     handed = request.environ.get(LANE_READ)
     if handed is not None and handed[0] == token:  # the lane read the link and left it here
         _token, now, read = handed
+        if isinstance(read, Exception):  # the database failed the lane's read
+            raise read
     else:
         now = utcnow()
         read = read_showable(token, now, current_app._get_current_object())  # type: ignore[attr-defined]

@@ -10,11 +10,14 @@ from http.cookies import SimpleCookie
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import event
 from werkzeug.test import Client
 
+from app import create_app
 from app.logs import ENVIRON_ENDPOINT, ENVIRON_REQUEST_ID
 from links.models import LinkStatus
 from links.open_lane import OpenLane
+from links.tokens import PAYMENT_LINK, UrlTokens
 from links.views import OPEN_LIMIT, START_PAGES
 from tests.links.test_flow import make_link, reload, text
 
@@ -202,8 +205,6 @@ def test_over_the_limit_the_view_answers_429(app, db, account, settings_row, lan
 def test_the_lane_counts_nothing_with_rate_limits_off(
     app_config, db, account, settings_row, redis_client
 ):
-    from app import create_app
-
     application = create_app({**app_config, "ratelimit_enabled": False})
     try:
         lane = application.wsgi_app
@@ -282,3 +283,24 @@ def test_the_lane_serves_an_app_mounted_under_a_prefix(app, db, account, setting
     root = app.test_client().get(f"/p/{token}")
     assert lane.served == served + 1
     assert f'action="/p/{token}"' in text(root)
+
+
+def test_a_database_failure_is_met_once_and_answered_by_the_view(app_config, tmp_path):
+    """The lane leaves the database's failure to the view, which answers it as its own
+    without waiting on the database a second time."""
+    application = create_app(
+        {**app_config, "database_url": f"sqlite:///{tmp_path}/no-such-folder/paylink.sqlite"}
+    )
+    try:
+        attempts: list[object] = []
+        engine = application.extensions["paylink.db"].engine
+        event.listen(engine, "do_connect", lambda *args: attempts.append(args))
+        token, _token_id = UrlTokens(app_config["secret_keys"], PAYMENT_LINK).mint()
+        resp = application.test_client().get(f"/p/{token}")
+        assert resp.status_code == 500
+        assert "Something went wrong" in text(resp)
+        assert len(attempts) == 1
+        assert application.wsgi_app.served == 0
+    finally:
+        application.extensions["paylink.queue"].close()
+        application.extensions["paylink.db"].dispose()
