@@ -18,16 +18,12 @@ from app.sessions import csrf_token
 CSRF_SLOT = f"csrf-slot-{secrets.token_hex(16)}"
 
 
-PRIVATE_HEADERS = (("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"))
-
-
 def private_page(response: Response) -> Response:
     """``after_request`` for pages reached by a token in the URL, or showing what a customer
     typed about themselves: nothing may be cached, nor leak the URL in a Referer. (Frame
     denial and the Content-Security-Policy are set for every page by the app.)"""
-    headers = response.headers
-    for name, value in PRIVATE_HEADERS:
-        headers[name] = value
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import ops, security, sessions
 from app.clock import utcnow
 from app.logs import request_id_var
-from app.pages import PRIVATE_HEADERS, fill_csrf
+from app.pages import fill_csrf, private_page
 from app.ratelimit import CountedLimit, HitCounter
 from links import checkout, views
 
@@ -137,11 +137,10 @@ class OpenLane:
         # What the view's answer gets on its way out. The open is counted last, once
         # nothing can fail any more: a request the view answers is counted by the view.
         session = app.session_interface.session_class()  # type: ignore[attr-defined]
-        response = app.response_class(fill_csrf(html, sessions.sign_csrf(app, session)))
-        headers = response.headers
-        for name, value in PRIVATE_HEADERS:  # the blueprint's private_page
-            headers[name] = value
-        security.add_missing(headers, app.extensions["paylink.security_headers"])
+        response = private_page(  # the blueprint's after_request
+            app.response_class(fill_csrf(html, sessions.sign_csrf(app, session)))
+        )
+        security.add_missing(response.headers, app.extensions["paylink.security_headers"])
         app.session_interface.save_session(app, session, response)
         ops.finish(response, environ, "GET", ENDPOINT, request_id, started)
         if counter is not None:
